@@ -1,0 +1,4 @@
+//! Integration tests of `duhub-proto`: conformance with Microsoft's vectors and schemas.
+
+mod support;
+mod vectors;
