@@ -26,3 +26,4 @@ pub mod keys;
 pub mod jws;
 pub mod root_key;
 pub mod trust;
+pub mod update_manifest;

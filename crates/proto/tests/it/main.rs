@@ -1,4 +1,5 @@
 //! Integration tests of `duhub-proto`: conformance with Microsoft's vectors and schemas.
 
 mod support;
+mod update_manifest;
 mod vectors;
