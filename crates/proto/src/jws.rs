@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::b64;
 use crate::keys::{RsaPublicKey, SignatureAlgorithm, SigningKeyPair};
+use crate::result::ExtendedResultCode;
 
 /// Why a JWS did not verify, with the numbering of the official agent's `JWSResult`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +55,7 @@ pub enum JwsError {
 
 impl JwsError {
     /// The official agent's `JWSResult` number.
-    pub fn code(self) -> u32 {
+    pub fn code(self) -> u8 {
         match self {
             Self::Failed => 0,
             Self::BadStructure => 2,
@@ -73,11 +74,8 @@ impl JwsError {
 
     /// The extended result code the official agent reports for this failure:
     /// `0xA0000005` for a disabled signing key, else `0xA02000rr` with `rr` = [`Self::code`].
-    pub fn extended_result_code(self) -> u32 {
-        match self {
-            Self::DisallowedSigningKey => 0xA000_0005,
-            other => 0xA020_0000 | other.code(),
-        }
+    pub fn extended_result_code(self) -> ExtendedResultCode {
+        ExtendedResultCode::from_jws_result(self.code())
     }
 }
 
@@ -155,7 +153,8 @@ pub fn verify_with_key(jws: &str, key: &RsaPublicKey) -> Result<(), JwsError> {
 
 /// Signs `header` and `payload` (JSON texts) into a compact RS256 JWS.
 pub fn sign_compact(header_json: &str, payload_json: &str, key: &SigningKeyPair) -> String {
-    let signing_input = format!("{}.{}", b64::encode_url(header_json.as_bytes()), b64::encode_url(payload_json.as_bytes()));
+    let signing_input =
+        format!("{}.{}", b64::encode_url(header_json.as_bytes()), b64::encode_url(payload_json.as_bytes()));
     let signature = key.sign(SignatureAlgorithm::Rs256, signing_input.as_bytes());
     format!("{signing_input}.{}", b64::encode_url(&signature))
 }
@@ -237,10 +236,10 @@ mod tests {
 
     #[test]
     fn extended_result_codes() {
-        assert_eq!(JwsError::BadStructure.extended_result_code(), 0xA020_0002);
-        assert_eq!(JwsError::InvalidSignature.extended_result_code(), 0xA020_0004);
-        assert_eq!(JwsError::InvalidRootKid.extended_result_code(), 0xA020_0007);
-        assert_eq!(JwsError::Failed.extended_result_code(), 0xA020_0000);
-        assert_eq!(JwsError::DisallowedSigningKey.extended_result_code(), 0xA000_0005);
+        assert_eq!(JwsError::BadStructure.extended_result_code(), ExtendedResultCode(0xA020_0002));
+        assert_eq!(JwsError::InvalidSignature.extended_result_code(), ExtendedResultCode(0xA020_0004));
+        assert_eq!(JwsError::InvalidRootKid.extended_result_code(), ExtendedResultCode(0xA020_0007));
+        assert_eq!(JwsError::Failed.extended_result_code(), ExtendedResultCode(0xA020_0000));
+        assert_eq!(JwsError::DisallowedSigningKey.extended_result_code(), ExtendedResultCode(0xA000_0005));
     }
 }

@@ -287,8 +287,8 @@ mod signer {
 
     /// Generates an RSA key of `bits` bits (3072 for root and signing keys).
     pub fn generate_rsa(bits: usize) -> Result<GeneratedKey, KeyError> {
-        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)
-            .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
+        let private =
+            rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).map_err(|e| KeyError::PrivateKey(e.to_string()))?;
         let der = private.to_pkcs8_der().map_err(|e| KeyError::PrivateKey(e.to_string()))?;
         let pem = private.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::PrivateKey(e.to_string()))?;
         let pair = SigningKeyPair::from_pkcs8_der(der.as_bytes())?;
@@ -315,15 +315,27 @@ mod tests {
         let n = "lLfsKo8Ytbcc2Q3N50UtLIfWQLVSAEbch+F/ce7S1YrJhXOSrzSfCnLpUiqPTw4zX/tiArAEuy7DAeUnEHEcx7Nkwwy5/8zKejvcEXpAJ/e3BKG4E4onfHQEpOsxwOKEeG0Gv9wWL3zTcNvdKXODXF3UPeJ1oGbPQms2zmCJxBbtSIYItmvicx2ekdVzWFw/vKTNuKk8hqK7HRfjOUKuKXyc+yHQI0aFBr2zkk3xh1tEOK98WJfxbcjPsDO6gzYzkXzCMza0O0GibBgLATT9Mf8YPpYG2jvOaDUoCQn2UcURNdl8hJbyjnZo2Jr+U84yuqOk7F4ZySoBv4bXJH2ZRRZFh/uSlsV9wRmYhYrv91DZiqk8HR6DSlnfneu28FThEmmosUM3k2YLsBc4Boupt3yaH8YnJT74u33uz19/MzTujKg7Tai12+XbtnZD9jTGayJtlhFeW+HC57AtAFZhqYwyGkX+83AaPXZ4a1O8u23NUGu2Ap7oM1N0yBJ+IlOz";
         let key = RsaPublicKey::from_b64_components(n, "AQAB").unwrap();
         assert_eq!(key.bits(), 3072);
-        assert_eq!(&key.spki_der()[..19], &[0x30, 0x82, 0x01, 0xa2, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00]);
+        assert_eq!(
+            &key.spki_der()[..19],
+            &[
+                0x30, 0x82, 0x01, 0xa2, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+                0x05, 0x00
+            ]
+        );
         assert_eq!(b64::encode_url(&key.spki_sha256()), "Y0jA4rDItwp5NIZYPUP8jAQoXIRPSKCDo4xtiWjyvig");
     }
 
     #[test]
     fn spki_hash_of_unit_test_keys() {
         for (n, expected) in [
-            ("ucKAJMkskVVKjtVLFdraMSd0cTa2Vcndkle540smg3a2v4hYXoHWBaA0tkZj5VM1fWR-XcjHJ9NRh74TzsHqPJODXn085tWGMwOzUEPhOSAzRaY-FCr23SIqM6AHCYPxziKbz9kEcD6e043UyCRMyLf8fQJ3SOvBXCNoVSkiQ8rwcDeHjFiSzk_BLy0JGRjfzJZF8l-q1N-Vqpq3VtOmQJphblSL6bC9AR1GNrvaJbHiSciaFvuiucneVBu3B6bY0wEin20x_CrjTNmiWEtuY_zoUxJGLGQVHkzJRRAQweHxw_FDSMd3UhiINRuN7Qb3r_S9HPoFNkZvaOUVOVe7WUY0jAFIzVUEcq2CTx43p0XvaLeYEz-DsG-RlPkkT2i-1ykEhwtJfsKGDTIP5mPDslZkTUScgZFRMToJdwOtGKkAzGXQPlvtf3IL49fUTM4r8dpIc7E1N2Djt94__kcdY1e8JxfgRH7RoiQCATHep6-mQW5UKq_onJW2bNo7i9Gb", "F_sCYQEx8MYFTY384ELk98VH4A_h9cmwkc26Sl3d3tk"),
-            ("2WisuSoVDzKsz02BmP2bulWJzwrDH4hBIgKaz4Ithol_LYOSpk0knonvCiEB5Zb9kKMUAlOdKluvO2nGKp95kqZzm77thqjUbe5bZyFOCqPlPH-0nUHhg_oHXvX_5Oz3l-7KhMG0bUWzQ72nkmUHViexAPBpY-u4zZTRr8MONbGtMInrVI7SJTbToZ1zzM-b04o8wxlNfNJspjY2P_82mmJXZKlRlGdWuLYLoeXhKosfSu9MP1aLjC-puEmYmZ-dsoMg3_DHhluC-7VN2r8dAm3e3cTKuL3bNvGguTwTnccMEw1VxLMUsnpsDtxFHjebwpRVvs76JJsW3fllYZZ2T1l5WWxQbWDCdui7dDvnAfEww7Juxw4dKdXnlSorBGa5-QxZ0OnfKQTYbQweA_GehkKPPvku9mzK-n0PxfsaQMLS1-JfXgiVNQ4erhu_625iKFwWKlfuqOuZWiJMkFTK-NBmpDKAaBtxdH_5Xgc3ZA7SMymyVfw-9UmWv-ooK1F9", "fwqaAORIQGeDzcHBcGOrrfM5gV6NAMVhhbkjtaUhJ80"),
+            (
+                "ucKAJMkskVVKjtVLFdraMSd0cTa2Vcndkle540smg3a2v4hYXoHWBaA0tkZj5VM1fWR-XcjHJ9NRh74TzsHqPJODXn085tWGMwOzUEPhOSAzRaY-FCr23SIqM6AHCYPxziKbz9kEcD6e043UyCRMyLf8fQJ3SOvBXCNoVSkiQ8rwcDeHjFiSzk_BLy0JGRjfzJZF8l-q1N-Vqpq3VtOmQJphblSL6bC9AR1GNrvaJbHiSciaFvuiucneVBu3B6bY0wEin20x_CrjTNmiWEtuY_zoUxJGLGQVHkzJRRAQweHxw_FDSMd3UhiINRuN7Qb3r_S9HPoFNkZvaOUVOVe7WUY0jAFIzVUEcq2CTx43p0XvaLeYEz-DsG-RlPkkT2i-1ykEhwtJfsKGDTIP5mPDslZkTUScgZFRMToJdwOtGKkAzGXQPlvtf3IL49fUTM4r8dpIc7E1N2Djt94__kcdY1e8JxfgRH7RoiQCATHep6-mQW5UKq_onJW2bNo7i9Gb",
+                "F_sCYQEx8MYFTY384ELk98VH4A_h9cmwkc26Sl3d3tk",
+            ),
+            (
+                "2WisuSoVDzKsz02BmP2bulWJzwrDH4hBIgKaz4Ithol_LYOSpk0knonvCiEB5Zb9kKMUAlOdKluvO2nGKp95kqZzm77thqjUbe5bZyFOCqPlPH-0nUHhg_oHXvX_5Oz3l-7KhMG0bUWzQ72nkmUHViexAPBpY-u4zZTRr8MONbGtMInrVI7SJTbToZ1zzM-b04o8wxlNfNJspjY2P_82mmJXZKlRlGdWuLYLoeXhKosfSu9MP1aLjC-puEmYmZ-dsoMg3_DHhluC-7VN2r8dAm3e3cTKuL3bNvGguTwTnccMEw1VxLMUsnpsDtxFHjebwpRVvs76JJsW3fllYZZ2T1l5WWxQbWDCdui7dDvnAfEww7Juxw4dKdXnlSorBGa5-QxZ0OnfKQTYbQweA_GehkKPPvku9mzK-n0PxfsaQMLS1-JfXgiVNQ4erhu_625iKFwWKlfuqOuZWiJMkFTK-NBmpDKAaBtxdH_5Xgc3ZA7SMymyVfw-9UmWv-ooK1F9",
+                "fwqaAORIQGeDzcHBcGOrrfM5gV6NAMVhhbkjtaUhJ80",
+            ),
         ] {
             let key = RsaPublicKey::from_b64_n_and_int_e(n, 65537).unwrap();
             assert_eq!(b64::encode_url(&key.spki_sha256()), expected);

@@ -22,8 +22,11 @@ pub mod validation;
 
 pub use update_id::UpdateId;
 pub use validation::{Pointer, Report, Violation};
-pub mod keys;
+pub mod import_manifest;
 pub mod jws;
+pub mod keys;
+pub mod result;
 pub mod root_key;
 pub mod trust;
+pub mod twin;
 pub mod update_manifest;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::b64;
 use crate::json::to_parson_string;
 use crate::keys::{RsaPublicKey, SignatureAlgorithm, SigningKeyPair};
+use crate::result::ExtendedResultCode;
 
 /// A named RSA root key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,77 +121,79 @@ pub struct RootKeyPackage {
 #[error("{detail}")]
 pub struct PackageError {
     /// Extended result code (utility facility, root key package or root key utility component).
-    pub extended_result_code: u32,
+    pub extended_result_code: ExtendedResultCode,
     /// What is wrong.
     pub detail: String,
 }
 
 impl PackageError {
-    fn new(extended_result_code: u32, detail: impl Into<String>) -> Self {
+    fn new(extended_result_code: ExtendedResultCode, detail: impl Into<String>) -> Self {
         Self { extended_result_code, detail: detail.into() }
     }
 }
 
 /// Extended result codes of root key handling (facility UTILITY, components 5 and 6).
 pub mod erc {
+    use crate::result::ExtendedResultCode as Erc;
+
     /// Not JSON.
-    pub const FAIL_JSON_PARSE: u32 = 0xA000_0001;
+    pub const FAIL_JSON_PARSE: Erc = Erc(0xA000_0001);
     /// `protected.version` missing or zero.
-    pub const MISSING_VERSION: u32 = 0x8050_0004;
+    pub const MISSING_VERSION: Erc = Erc(0x8050_0004);
     /// `protected.published` missing or not positive.
-    pub const MISSING_PUBLISHED: u32 = 0x8050_0005;
+    pub const MISSING_PUBLISHED: Erc = Erc(0x8050_0005);
     /// `protected.disabledRootKeys` missing or malformed.
-    pub const MISSING_DISABLED_ROOT_KEYS: u32 = 0x8050_0006;
+    pub const MISSING_DISABLED_ROOT_KEYS: Erc = Erc(0x8050_0006);
     /// A disabled signing key without `alg`.
-    pub const MISSING_HASH_ALG: u32 = 0x8050_0007;
+    pub const MISSING_HASH_ALG: Erc = Erc(0x8050_0007);
     /// A signature without `alg`.
-    pub const MISSING_SIGNATURE_ALG: u32 = 0x8050_0008;
+    pub const MISSING_SIGNATURE_ALG: Erc = Erc(0x8050_0008);
     /// A `hash` or `sig` missing.
-    pub const MISSING_HASH_OR_SIG: u32 = 0x8050_0009;
+    pub const MISSING_HASH_OR_SIG: Erc = Erc(0x8050_0009);
     /// `protected.disabledSigningKeys` missing or not an array.
-    pub const MISSING_DISABLED_SIGNING_KEYS: u32 = 0x8050_000A;
+    pub const MISSING_DISABLED_SIGNING_KEYS: Erc = Erc(0x8050_000A);
     /// A root key without `keyType`.
-    pub const MISSING_KEY_TYPE: u32 = 0x8050_000B;
+    pub const MISSING_KEY_TYPE: Erc = Erc(0x8050_000B);
     /// `protected.rootKeys` missing.
-    pub const MISSING_ROOT_KEYS: u32 = 0x8050_000C;
+    pub const MISSING_ROOT_KEYS: Erc = Erc(0x8050_000C);
     /// `protected` missing.
-    pub const MISSING_PROTECTED: u32 = 0x8050_000D;
+    pub const MISSING_PROTECTED: Erc = Erc(0x8050_000D);
     /// `signatures` missing.
-    pub const MISSING_SIGNATURES: u32 = 0x8050_000E;
+    pub const MISSING_SIGNATURES: Erc = Erc(0x8050_000E);
     /// `protected.rootKeys` empty.
-    pub const ROOT_KEYS_EMPTY: u32 = 0x8050_0011;
+    pub const ROOT_KEYS_EMPTY: Erc = Erc(0x8050_0011);
     /// `signatures` empty.
-    pub const SIGNATURES_EMPTY: u32 = 0x8050_0012;
+    pub const SIGNATURES_EMPTY: Erc = Erc(0x8050_0012);
     /// A root key without a usable modulus.
-    pub const INVALID_MODULUS: u32 = 0x8050_0013;
+    pub const INVALID_MODULUS: Erc = Erc(0x8050_0013);
     /// Unknown hash algorithm.
-    pub const INVALID_HASH_ALGORITHM: u32 = 0x8050_0014;
+    pub const INVALID_HASH_ALGORITHM: Erc = Erc(0x8050_0014);
     /// Unknown signature algorithm.
-    pub const INVALID_SIGNING_ALGORITHM: u32 = 0x8050_0015;
+    pub const INVALID_SIGNING_ALGORITHM: Erc = Erc(0x8050_0015);
     /// Bad base64url.
-    pub const INVALID_ENCODING: u32 = 0x8050_0016;
+    pub const INVALID_ENCODING: Erc = Erc(0x8050_0016);
     /// Empty key id.
-    pub const INVALID_KEY_ID: u32 = 0x8050_0017;
+    pub const INVALID_KEY_ID: Erc = Erc(0x8050_0017);
     /// `keyType` other than `RSA`.
-    pub const UNSUPPORTED_KEY_TYPE: u32 = 0x8050_0018;
+    pub const UNSUPPORTED_KEY_TYPE: Erc = Erc(0x8050_0018);
     /// RSA parameters that do not form a key.
-    pub const INVALID_RSA_PARAMETERS: u32 = 0x8050_0019;
+    pub const INVALID_RSA_PARAMETERS: Erc = Erc(0x8050_0019);
     /// A signature entry that is not an object.
-    pub const GETOBJ_SIGNATURES_ELEMENT: u32 = 0x8050_001A;
+    pub const GETOBJ_SIGNATURES_ELEMENT: Erc = Erc(0x8050_001A);
     /// A disabled signing key entry that is not an object.
-    pub const GETOBJ_DISABLED_SIGNING_KEYS_ELEMENT: u32 = 0x8050_001B;
+    pub const GETOBJ_DISABLED_SIGNING_KEYS_ELEMENT: Erc = Erc(0x8050_001B);
     /// An exponent that is not a positive integer.
-    pub const INVALID_EXPONENT: u32 = 0x8050_001C;
+    pub const INVALID_EXPONENT: Erc = Erc(0x8050_001C);
     /// No anchors to validate with.
-    pub const HARDCODED_ROOTKEY_LOAD_FAILED: u32 = 0x8060_0002;
+    pub const HARDCODED_ROOTKEY_LOAD_FAILED: Erc = Erc(0x8060_0002);
     /// An anchor's kid is not in `rootKeys`, or has no signature at its index.
-    pub const SIGNATURE_FOR_KEY_NOT_FOUND: u32 = 0x8060_0003;
+    pub const SIGNATURE_FOR_KEY_NOT_FOUND: Erc = Erc(0x8060_0003);
     /// An anchor's signature does not verify.
-    pub const SIGNATURE_VALIDATION_FAILED: u32 = 0x8060_0004;
+    pub const SIGNATURE_VALIDATION_FAILED: Erc = Erc(0x8060_0004);
     /// A test package offered to a production trust store.
-    pub const TEST_PKG_ON_PROD_AGENT: u32 = 0xA000_0007;
+    pub const TEST_PKG_ON_PROD_AGENT: Erc = Erc(0xA000_0007);
     /// A production package offered to a test trust store.
-    pub const PROD_PKG_ON_TEST_AGENT: u32 = 0xA000_0006;
+    pub const PROD_PKG_ON_TEST_AGENT: Erc = Erc(0xA000_0006);
 }
 
 impl RootKeyPackage {
@@ -210,9 +213,10 @@ impl RootKeyPackage {
             Some(Value::Object(p)) => p,
             _ => return Err(PackageError::new(erc::MISSING_PROTECTED, "missing object \"protected\"")),
         };
-        let version = protected.get("version").and_then(positive_integer).ok_or_else(|| {
-            PackageError::new(erc::MISSING_VERSION, "protected.version must be a positive integer")
-        })?;
+        let version = protected
+            .get("version")
+            .and_then(positive_integer)
+            .ok_or_else(|| PackageError::new(erc::MISSING_VERSION, "protected.version must be a positive integer"))?;
         let published = protected.get("published").and_then(positive_integer).ok_or_else(|| {
             PackageError::new(erc::MISSING_PUBLISHED, "protected.published must be a positive Unix time")
         })?;
@@ -347,7 +351,10 @@ impl PackageDraft {
         let mut signatures = Vec::with_capacity(self.root_keys.len());
         for key in &self.root_keys {
             let (_, signer) = signers.iter().find(|(kid, _)| *kid == key.kid).ok_or_else(|| {
-                PackageError::new(erc::SIGNATURE_FOR_KEY_NOT_FOUND, format!("no private key given for root key {}", key.kid))
+                PackageError::new(
+                    erc::SIGNATURE_FOR_KEY_NOT_FOUND,
+                    format!("no private key given for root key {}", key.kid),
+                )
             })?;
             if signer.public_key() != &key.key {
                 return Err(PackageError::new(
@@ -382,7 +389,8 @@ fn positive_integer(value: &Value) -> Option<u64> {
 }
 
 fn parse_disabled_root_keys(protected: &Map<String, Value>) -> Result<Vec<String>, PackageError> {
-    let missing = || PackageError::new(erc::MISSING_DISABLED_ROOT_KEYS, "protected.disabledRootKeys must be an array of key ids");
+    let missing =
+        || PackageError::new(erc::MISSING_DISABLED_ROOT_KEYS, "protected.disabledRootKeys must be an array of key ids");
     let items = protected.get("disabledRootKeys").and_then(Value::as_array).ok_or_else(missing)?;
     items.iter().map(|item| item.as_str().map(str::to_owned).ok_or_else(missing)).collect()
 }
@@ -396,13 +404,19 @@ fn parse_disabled_signing_keys(protected: &Map<String, Value>) -> Result<Vec<Dis
         .enumerate()
         .map(|(i, item)| {
             let entry = item.as_object().ok_or_else(|| {
-                PackageError::new(erc::GETOBJ_DISABLED_SIGNING_KEYS_ELEMENT, format!("disabledSigningKeys[{i}] is not an object"))
+                PackageError::new(
+                    erc::GETOBJ_DISABLED_SIGNING_KEYS_ELEMENT,
+                    format!("disabledSigningKeys[{i}] is not an object"),
+                )
             })?;
             let alg = entry.get("alg").and_then(Value::as_str).ok_or_else(|| {
                 PackageError::new(erc::MISSING_HASH_ALG, format!("disabledSigningKeys[{i}] has no \"alg\""))
             })?;
             let alg = HashAlgorithm::parse(alg).ok_or_else(|| {
-                PackageError::new(erc::INVALID_HASH_ALGORITHM, format!("disabledSigningKeys[{i}]: unknown hash algorithm \"{alg}\""))
+                PackageError::new(
+                    erc::INVALID_HASH_ALGORITHM,
+                    format!("disabledSigningKeys[{i}]: unknown hash algorithm \"{alg}\""),
+                )
             })?;
             let hash = decode_member(entry, "hash", &format!("disabledSigningKeys[{i}]"))?;
             Ok(DisabledSigningKey { alg, hash })
@@ -432,7 +446,10 @@ fn parse_root_keys(protected: &Map<String, Value>) -> Result<Vec<RootKey>, Packa
                 }
                 Some("RSA") => {}
                 Some(other) => {
-                    return Err(PackageError::new(erc::UNSUPPORTED_KEY_TYPE, format!("root key {kid} has keyType \"{other}\"")));
+                    return Err(PackageError::new(
+                        erc::UNSUPPORTED_KEY_TYPE,
+                        format!("root key {kid} has keyType \"{other}\""),
+                    ));
                 }
             }
             let n = definition
@@ -440,12 +457,12 @@ fn parse_root_keys(protected: &Map<String, Value>) -> Result<Vec<RootKey>, Packa
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| PackageError::new(erc::INVALID_MODULUS, format!("root key {kid} has no modulus")))?;
-            let e = definition
-                .get("e")
-                .and_then(exponent)
-                .ok_or_else(|| PackageError::new(erc::INVALID_EXPONENT, format!("root key {kid} has no valid exponent")))?;
-            let n = b64::decode_lenient(n)
-                .map_err(|_| PackageError::new(erc::INVALID_RSA_PARAMETERS, format!("root key {kid}: modulus is not base64url")))?;
+            let e = definition.get("e").and_then(exponent).ok_or_else(|| {
+                PackageError::new(erc::INVALID_EXPONENT, format!("root key {kid} has no valid exponent"))
+            })?;
+            let n = b64::decode_lenient(n).map_err(|_| {
+                PackageError::new(erc::INVALID_RSA_PARAMETERS, format!("root key {kid}: modulus is not base64url"))
+            })?;
             let key = RsaPublicKey::from_components(&n, &e)
                 .map_err(|err| PackageError::new(erc::INVALID_RSA_PARAMETERS, format!("root key {kid}: {err}")))?;
             Ok(RootKey { kid: kid.clone(), key })
@@ -478,15 +495,17 @@ fn parse_signatures(root: &Map<String, Value>) -> Result<Vec<PackageSignature>, 
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let entry = item
-                .as_object()
-                .ok_or_else(|| PackageError::new(erc::GETOBJ_SIGNATURES_ELEMENT, format!("signatures[{i}] is not an object")))?;
-            let alg = entry
-                .get("alg")
-                .and_then(Value::as_str)
-                .ok_or_else(|| PackageError::new(erc::MISSING_SIGNATURE_ALG, format!("signatures[{i}] has no \"alg\"")))?;
+            let entry = item.as_object().ok_or_else(|| {
+                PackageError::new(erc::GETOBJ_SIGNATURES_ELEMENT, format!("signatures[{i}] is not an object"))
+            })?;
+            let alg = entry.get("alg").and_then(Value::as_str).ok_or_else(|| {
+                PackageError::new(erc::MISSING_SIGNATURE_ALG, format!("signatures[{i}] has no \"alg\""))
+            })?;
             let alg = SignatureAlgorithm::parse(alg).filter(|_| alg == alg.to_ascii_uppercase()).ok_or_else(|| {
-                PackageError::new(erc::INVALID_SIGNING_ALGORITHM, format!("signatures[{i}]: unknown algorithm \"{alg}\""))
+                PackageError::new(
+                    erc::INVALID_SIGNING_ALGORITHM,
+                    format!("signatures[{i}]: unknown algorithm \"{alg}\""),
+                )
             })?;
             let sig = decode_member(entry, "sig", &format!("signatures[{i}]"))?;
             Ok(PackageSignature { alg, sig })
@@ -508,16 +527,28 @@ fn decode_member(entry: &Map<String, Value>, name: &str, at: &str) -> Result<Vec
 /// Root keys compiled into official production agents.
 pub fn production_root_keys() -> Vec<RootKey> {
     anchors(&[
-        ("ADU.200702.R", "ANVCLq8RVKNQZYeiTVu6GvupMt_pmV8FRcivvTUdiegnJ1ijqO7FxR5P95KmEgZ9PX2wB_Ysf95tKvW8SbwV7_CByz-ITycdiHEoYAi2GdLSOdAFHzx2hnG7WVi8sYh7q1YovzFzRDIQ_T3Tllz_Tlyza_-LhJuLgLhJ0H361kBYdk3Acid1y5ovm7SfDyXxHMUbC1owfS-476cmWFOv1R1VAVEN6RuiDz_X6R0gQabmFAqu_vIcKtbkBHv2FH7sD5eD-lj6gTYhuaMr-tlhCxqU98G-f0AUSsn6NX_vZnAAsf3b12ENO1h0Z5SJdXaWfJGH0o4Rl-57h2yaL0XYZT9ScJgqy8gEY_XJR89w9O1kp3SlI4-27fcc07AcZFcSWqmBhB-g51AZlrSCsaxI4-EygstAH6zEWbwQNFGC-SiNqB6b9XlFdbLcmhFDCL5hzJrEy3c2_4PdqHFPUY4Oe036eZiNvvyCfkBIqRIBqNl-86Ub8fuQdz5AhxjJq9n3eQ"),
-        ("ADU.200703.R", "ALKjsnQW-rsg-VJ25ic-gEHG_s8w-ciW9VkKqoHnUYOKxPUXOi8q5lfUcc6KPe-aVXY-meLCrkzuLbh49aJOKPKcTjllvOzkDeXjOKhZqwikG7T0oFKjOLNGIRPMPGgG3v4AppJu3kxHENYcnCT1zXDh9Wp8aBMd4cX2qE8hn4Z8RMWKmRzF0wabWnGdCRzDZDFqxReVHV0q8VXHZtTo9dmpW4yibGJgBTfXMrBzy_dLNickIYw4CrgY_vUVYDWLNe8eD4imE417fe-z57DJphxwe8zyKYuH972dtohvrHP_cvLvSCeWcoYGolzjfc6wnuXC2U7E8394B0tliEUMEeWWVjSILRYOWULS99ntHe3JN3dEfuOENp9YE-9v5MNE1HcGis9byIAcophlCzXcc8hp0F7oJUOe9tirBa9RKSNVQFgQ6rjizV15zOzftFuYx_rj0mwmzi4sVuDPje79kxIvAEmNHII4VqZdeURKGvPcFhCzwS0nEf4bmAXko2AxmQ"),
+        (
+            "ADU.200702.R",
+            "ANVCLq8RVKNQZYeiTVu6GvupMt_pmV8FRcivvTUdiegnJ1ijqO7FxR5P95KmEgZ9PX2wB_Ysf95tKvW8SbwV7_CByz-ITycdiHEoYAi2GdLSOdAFHzx2hnG7WVi8sYh7q1YovzFzRDIQ_T3Tllz_Tlyza_-LhJuLgLhJ0H361kBYdk3Acid1y5ovm7SfDyXxHMUbC1owfS-476cmWFOv1R1VAVEN6RuiDz_X6R0gQabmFAqu_vIcKtbkBHv2FH7sD5eD-lj6gTYhuaMr-tlhCxqU98G-f0AUSsn6NX_vZnAAsf3b12ENO1h0Z5SJdXaWfJGH0o4Rl-57h2yaL0XYZT9ScJgqy8gEY_XJR89w9O1kp3SlI4-27fcc07AcZFcSWqmBhB-g51AZlrSCsaxI4-EygstAH6zEWbwQNFGC-SiNqB6b9XlFdbLcmhFDCL5hzJrEy3c2_4PdqHFPUY4Oe036eZiNvvyCfkBIqRIBqNl-86Ub8fuQdz5AhxjJq9n3eQ",
+        ),
+        (
+            "ADU.200703.R",
+            "ALKjsnQW-rsg-VJ25ic-gEHG_s8w-ciW9VkKqoHnUYOKxPUXOi8q5lfUcc6KPe-aVXY-meLCrkzuLbh49aJOKPKcTjllvOzkDeXjOKhZqwikG7T0oFKjOLNGIRPMPGgG3v4AppJu3kxHENYcnCT1zXDh9Wp8aBMd4cX2qE8hn4Z8RMWKmRzF0wabWnGdCRzDZDFqxReVHV0q8VXHZtTo9dmpW4yibGJgBTfXMrBzy_dLNickIYw4CrgY_vUVYDWLNe8eD4imE417fe-z57DJphxwe8zyKYuH972dtohvrHP_cvLvSCeWcoYGolzjfc6wnuXC2U7E8394B0tliEUMEeWWVjSILRYOWULS99ntHe3JN3dEfuOENp9YE-9v5MNE1HcGis9byIAcophlCzXcc8hp0F7oJUOe9tirBa9RKSNVQFgQ6rjizV15zOzftFuYx_rj0mwmzi4sVuDPje79kxIvAEmNHII4VqZdeURKGvPcFhCzwS0nEf4bmAXko2AxmQ",
+        ),
     ])
 }
 
 /// Root keys compiled into official agents built with `EMBED_TEST_ROOT_KEYS=1`.
 pub fn test_root_keys() -> Vec<RootKey> {
     anchors(&[
-        ("ADU.200702.R.T", "ALnCgCTJLJFVSo7VSxXa2jEndHE2tlXJ3ZJXueNLJoN2tr-IWF6B1gWgNLZGY-VTNX1kfl3IxyfTUYe-E87B6jyTg159PObVhjMDs1BD4TkgM0WmPhQq9t0iKjOgBwmD8c4im8_ZBHA-ntON1MgkTMi3_H0Cd0jrwVwjaFUpIkPK8HA3h4xYks5PwS8tCRkY38yWRfJfqtTflaqat1bTpkCaYW5Ui-mwvQEdRja72iWx4knImhb7ornJ3lQbtwem2NMBIp9tMfwq40zZolhLbmP86FMSRixkFR5MyUUQEMHh8cPxQ0jHd1IYiDUbje0G96_0vRz6BTZGb2jlFTlXu1lGNIwBSM1VBHKtgk8eN6dF72i3mBM_g7BvkZT5JE9ovtcpBIcLSX7Chg0yD-Zjw7JWZE1EnIGRUTE6CXcDrRipAMxl0D5b7X9yC-PX1EzOK_HaSHOxNTdg47feP_5HHWNXvCcX4ER-0aIkAgEx3qevpkFuVCqv6JyVtmzaO4vRmw"),
-        ("ADU.200703.R.T", "ANlorLkqFQ8yrM9NgZj9m7pVic8Kwx-IQSICms-CLYaJfy2DkqZNJJ6J7wohAeWW_ZCjFAJTnSpbrztpxiqfeZKmc5u-7Yao1G3uW2chTgqj5Tx_tJ1B4YP6B171_-Ts95fuyoTBtG1Fs0O9p5JlB1YnsQDwaWPruM2U0a_DDjWxrTCJ61SO0iU206Gdc8zPm9OKPMMZTXzSbKY2Nj__NppiV2SpUZRnVri2C6Hl4SqLH0rvTD9Wi4wvqbhJmJmfnbKDIN_wx4Zbgvu1Tdq_HQJt3t3Eyri92zbxoLk8E53HDBMNVcSzFLJ6bA7cRR43m8KUVb7O-iSbFt35ZWGWdk9ZeVlsUG1gwnbou3Q75wHxMMOybscOHSnV55UqKwRmufkMWdDp3ykE2G0MHgPxnoZCjz75LvZsyvp9D8X7GkDC0tfiX14IlTUOHq4bv-tuYihcFipX7qjrmVoiTJBUyvjQZqQygGgbcXR_-V4HN2QO0jMpslX8PvVJlr_qKCtRfQ"),
+        (
+            "ADU.200702.R.T",
+            "ALnCgCTJLJFVSo7VSxXa2jEndHE2tlXJ3ZJXueNLJoN2tr-IWF6B1gWgNLZGY-VTNX1kfl3IxyfTUYe-E87B6jyTg159PObVhjMDs1BD4TkgM0WmPhQq9t0iKjOgBwmD8c4im8_ZBHA-ntON1MgkTMi3_H0Cd0jrwVwjaFUpIkPK8HA3h4xYks5PwS8tCRkY38yWRfJfqtTflaqat1bTpkCaYW5Ui-mwvQEdRja72iWx4knImhb7ornJ3lQbtwem2NMBIp9tMfwq40zZolhLbmP86FMSRixkFR5MyUUQEMHh8cPxQ0jHd1IYiDUbje0G96_0vRz6BTZGb2jlFTlXu1lGNIwBSM1VBHKtgk8eN6dF72i3mBM_g7BvkZT5JE9ovtcpBIcLSX7Chg0yD-Zjw7JWZE1EnIGRUTE6CXcDrRipAMxl0D5b7X9yC-PX1EzOK_HaSHOxNTdg47feP_5HHWNXvCcX4ER-0aIkAgEx3qevpkFuVCqv6JyVtmzaO4vRmw",
+        ),
+        (
+            "ADU.200703.R.T",
+            "ANlorLkqFQ8yrM9NgZj9m7pVic8Kwx-IQSICms-CLYaJfy2DkqZNJJ6J7wohAeWW_ZCjFAJTnSpbrztpxiqfeZKmc5u-7Yao1G3uW2chTgqj5Tx_tJ1B4YP6B171_-Ts95fuyoTBtG1Fs0O9p5JlB1YnsQDwaWPruM2U0a_DDjWxrTCJ61SO0iU206Gdc8zPm9OKPMMZTXzSbKY2Nj__NppiV2SpUZRnVri2C6Hl4SqLH0rvTD9Wi4wvqbhJmJmfnbKDIN_wx4Zbgvu1Tdq_HQJt3t3Eyri92zbxoLk8E53HDBMNVcSzFLJ6bA7cRR43m8KUVb7O-iSbFt35ZWGWdk9ZeVlsUG1gwnbou3Q75wHxMMOybscOHSnV55UqKwRmufkMWdDp3ykE2G0MHgPxnoZCjz75LvZsyvp9D8X7GkDC0tfiX14IlTUOHq4bv-tuYihcFipX7qjrmVoiTJBUyvjQZqQygGgbcXR_-V4HN2QO0jMpslX8PvVJlr_qKCtRfQ",
+        ),
     ])
 }
 
@@ -550,8 +581,9 @@ pub fn parse_root_key_list(text: &str) -> Result<Vec<RootKey>, PackageError> {
             .and_then(Value::as_str)
             .ok_or_else(|| PackageError::new(erc::INVALID_MODULUS, format!("root key {kid} has no \"n\"")))?;
         let e = entry.get("e").and_then(exponent).unwrap_or_else(|| 65537u64.to_be_bytes().to_vec());
-        let n = b64::decode_lenient(n)
-            .map_err(|_| PackageError::new(erc::INVALID_RSA_PARAMETERS, format!("root key {kid}: modulus is not base64url")))?;
+        let n = b64::decode_lenient(n).map_err(|_| {
+            PackageError::new(erc::INVALID_RSA_PARAMETERS, format!("root key {kid}: modulus is not base64url"))
+        })?;
         let key = RsaPublicKey::from_components(&n, &e)
             .map_err(|err| PackageError::new(erc::INVALID_RSA_PARAMETERS, format!("root key {kid}: {err}")))?;
         keys.push(RootKey { kid: kid.clone(), key });

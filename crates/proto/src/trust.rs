@@ -10,10 +10,8 @@
 use crate::b64;
 use crate::jws::{self, JwsError, Sections};
 use crate::keys::RsaPublicKey;
+use crate::result::ExtendedResultCode;
 use crate::root_key::{self, PackageError, RootKey, RootKeyPackage};
-
-/// Extended result code for a missing signature, a missing manifest or a hash mismatch.
-pub const MANIFEST_VALIDATION_FAILED: u32 = 0x8030_0001;
 
 /// The root keys a verifier trusts: anchors (built in or configured) and, optionally, a root
 /// key package validated against them that adds keys and disables keys.
@@ -208,10 +206,10 @@ pub enum ManifestSignatureError {
 
 impl ManifestSignatureError {
     /// The extended result code the official agent reports.
-    pub fn extended_result_code(&self) -> u32 {
+    pub fn extended_result_code(&self) -> ExtendedResultCode {
         match self {
             Self::Jws(e) => e.extended_result_code(),
-            _ => MANIFEST_VALIDATION_FAILED,
+            _ => ExtendedResultCode::MANIFEST_VALIDATION_FAILED,
         }
     }
 }

@@ -20,11 +20,7 @@ pub struct UpdateId {
 
 impl UpdateId {
     /// Builds an update id from its parts (no validation; see [`validate_update_id`]).
-    pub fn new(
-        provider: impl Into<String>,
-        name: impl Into<String>,
-        version: impl Into<String>,
-    ) -> Self {
+    pub fn new(provider: impl Into<String>, name: impl Into<String>, version: impl Into<String>) -> Self {
         Self { provider: provider.into(), name: name.into(), version: version.into() }
     }
 
@@ -88,7 +84,12 @@ pub fn validate_update_id(value: &Value, at: &Pointer, report: &mut Report) {
                 if len == 0 {
                     report.push(&ptr, "minLength", format!("{field} must not be empty"), Some(&object[field]));
                 } else if len > 64 {
-                    report.push(&ptr, "maxLength", format!("{field} \"{s}\" is {len} characters long (at most 64)"), Some(&object[field]));
+                    report.push(
+                        &ptr,
+                        "maxLength",
+                        format!("{field} \"{s}\" is {len} characters long (at most 64)"),
+                        Some(&object[field]),
+                    );
                 }
                 if len > 0 && !is_provider_or_name(s) {
                     report.push(
@@ -99,7 +100,9 @@ pub fn validate_update_id(value: &Value, at: &Pointer, report: &mut Report) {
                     );
                 }
             }
-            Some(other) => report.push(&ptr, "type", format!("{field} must be a string, found {}", kind(other)), Some(other)),
+            Some(other) => {
+                report.push(&ptr, "type", format!("{field} must be a string, found {}", kind(other)), Some(other))
+            }
         }
     }
     let ptr = at.key("version");
@@ -116,14 +119,28 @@ pub fn validate_update_id(value: &Value, at: &Pointer, report: &mut Report) {
             } else {
                 let parts: Vec<&str> = s.split('.').collect();
                 if parts.len() > 4 {
-                    report.push(&ptr, "versionParts", format!("version \"{s}\" has {} parts (two to four allowed)", parts.len()), Some(v));
+                    report.push(
+                        &ptr,
+                        "versionParts",
+                        format!("version \"{s}\" has {} parts (two to four allowed)", parts.len()),
+                        Some(v),
+                    );
                 }
-                if parts.iter().any(|p| p.trim_start_matches('0').len() > 10 || p.parse::<u64>().map_or(true, |n| n > MAX_VERSION_PART)) {
-                    report.push(&ptr, "versionRange", format!("version \"{s}\" has a part above {MAX_VERSION_PART}"), Some(v));
+                if parts.iter().any(|p| {
+                    p.trim_start_matches('0').len() > 10 || p.parse::<u64>().map_or(true, |n| n > MAX_VERSION_PART)
+                }) {
+                    report.push(
+                        &ptr,
+                        "versionRange",
+                        format!("version \"{s}\" has a part above {MAX_VERSION_PART}"),
+                        Some(v),
+                    );
                 }
             }
         }
-        Some(other) => report.push(&ptr, "type", format!("version must be a string, found {}", kind(other)), Some(other)),
+        Some(other) => {
+            report.push(&ptr, "type", format!("version must be a string, found {}", kind(other)), Some(other))
+        }
     }
 }
 

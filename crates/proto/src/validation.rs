@@ -83,13 +83,7 @@ impl Report {
     }
 
     /// Records a violation at `pointer`.
-    pub fn push(
-        &mut self,
-        pointer: &Pointer,
-        rule: &'static str,
-        message: impl Into<String>,
-        value: Option<&Value>,
-    ) {
+    pub fn push(&mut self, pointer: &Pointer, rule: &'static str, message: impl Into<String>, value: Option<&Value>) {
         self.violations.push(Violation {
             pointer: pointer.as_str().to_owned(),
             rule,

@@ -24,7 +24,9 @@ const SERVICE_SIGNED: [&str; 5] = [
 fn service_signed_manifests_round_trip_byte_for_byte() {
     for name in SERVICE_SIGNED.iter().copied().chain(["11_child-update-manifest-only_v4.json"]) {
         let text = service_manifest(name);
-        let UpdateManifest::Full(manifest) = UpdateManifest::parse(&text).unwrap() else { panic!("{name} is not full") };
+        let UpdateManifest::Full(manifest) = UpdateManifest::parse(&text).unwrap() else {
+            panic!("{name} is not full")
+        };
         assert_eq!(manifest.to_service_json(), text, "{name}");
         assert_eq!(manifest.check(), vec![], "{name}");
         assert!(manifest.files.keys().all(|id| update_manifest::is_service_file_id(id)), "{name}");
@@ -33,7 +35,9 @@ fn service_signed_manifests_round_trip_byte_for_byte() {
 
 #[test]
 fn v4_manifest_with_reference_step() {
-    let UpdateManifest::Full(m) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else { panic!() };
+    let UpdateManifest::Full(m) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else {
+        panic!()
+    };
     assert_eq!(m.manifest_version, "4");
     assert_eq!(m.update_id.to_string(), "Contoso/Virtual-Vacuum/20.0");
     assert_eq!(m.steps.len(), 2);
@@ -47,13 +51,20 @@ fn v4_manifest_with_reference_step() {
 
 #[test]
 fn child_manifest_file_is_the_compact_wrapper_the_parent_hashes() {
-    let UpdateManifest::Full(parent) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else { panic!() };
+    let UpdateManifest::Full(parent) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else {
+        panic!()
+    };
     let child_file = parent.file("f222b9ffefaaac577").unwrap();
     let content = update_manifest::manifest_file_content(&service_manifest("11_child-update-manifest-only_v4.json"));
     assert_eq!(content.len() as u64, child_file.size_in_bytes);
     assert_eq!(b64::sha256_std(&content), child_file.sha256().unwrap());
-    assert_eq!(update_manifest::read_manifest_file(&content).unwrap(), service_manifest("11_child-update-manifest-only_v4.json"));
-    let UpdateManifest::Full(child) = UpdateManifest::parse(&service_manifest("11_child-update-manifest-only_v4.json")).unwrap() else {
+    assert_eq!(
+        update_manifest::read_manifest_file(&content).unwrap(),
+        service_manifest("11_child-update-manifest-only_v4.json")
+    );
+    let UpdateManifest::Full(child) =
+        UpdateManifest::parse(&service_manifest("11_child-update-manifest-only_v4.json")).unwrap()
+    else {
         panic!()
     };
     assert_eq!(update_manifest::manifest_file_name(&child.update_id), child_file.file_name);
@@ -61,7 +72,9 @@ fn child_manifest_file_is_the_compact_wrapper_the_parent_hashes() {
 
 #[test]
 fn v5_related_files_and_download_handler() {
-    let UpdateManifest::Full(m) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[1])).unwrap() else { panic!() };
+    let UpdateManifest::Full(m) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[1])).unwrap() else {
+        panic!()
+    };
     let file = m.file("f54d16eca3561a1e0").unwrap();
     assert_eq!(file.download_handler.as_deref(), Some("microsoft/delta:1"));
     assert_eq!(file.related_files.len(), 1);
@@ -90,7 +103,7 @@ fn every_manifest_vector_parses() {
             continue; // templates
         }
         if name.ends_with("manifest_missing_version.json") {
-            assert_eq!(UpdateManifest::parse(text).unwrap_err().extended_result_code, 0x8030_000A);
+            assert_eq!(UpdateManifest::parse(text).unwrap_err().extended_result_code.0, 0x8030_000A);
             continue;
         }
         let manifest = UpdateManifest::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -108,10 +121,10 @@ fn every_manifest_vector_parses() {
 #[test]
 fn missing_manifest_version_is_unsupported() {
     let text = service_manifest("12_manifest-version-parsing_manifest_missing_version.json");
-    assert_eq!(UpdateManifest::parse(&text).unwrap_err().extended_result_code, 0x8030_000A);
+    assert_eq!(UpdateManifest::parse(&text).unwrap_err().extended_result_code.0, 0x8030_000A);
     let legacy = UpdateManifest::parse(&service_manifest("09_v1.0_valid_test-root-key_old-manifest.json")).unwrap();
     assert!(matches!(legacy, UpdateManifest::Legacy(_)));
-    assert_eq!(legacy.check_supported().unwrap_err().extended_result_code, 0x8030_000A);
+    assert_eq!(legacy.check_supported().unwrap_err().extended_result_code.0, 0x8030_000A);
 }
 
 #[test]
@@ -143,17 +156,20 @@ fn schemastore_update_manifest_samples() {
         }
     }
     let refused = |name: &str| {
-        UpdateManifest::parse(&read(&format!("schemastore/negative_test/azure-deviceupdate-update-manifest-4/{name}"))).unwrap_err()
+        UpdateManifest::parse(&read(&format!("schemastore/negative_test/azure-deviceupdate-update-manifest-4/{name}")))
+            .unwrap_err()
     };
     let e = refused("invalidreferencestep-full-updatemanifest.json");
     assert_eq!(e.pointer, "/instructions/steps/1/detachedManifestFileId");
     let e = refused("toomanyfiles-mini-updatemanifest.json");
-    assert_eq!((e.pointer.as_str(), e.extended_result_code), ("/files", 0x8030_000C));
+    assert_eq!((e.pointer.as_str(), e.extended_result_code.0), ("/files", 0x8030_000C));
 }
 
 #[test]
 fn detaching_keeps_the_full_manifest_in_a_hashed_file() {
-    let UpdateManifest::Full(full) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else { panic!() };
+    let UpdateManifest::Full(full) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else {
+        panic!()
+    };
     let detached = update_manifest::detach(&full);
     assert_eq!(detached.manifest.file.file_name, "contoso.virtual-vacuum.20.0.updatemanifest.json");
     let UpdateManifest::Detached(mini) = UpdateManifest::parse(&detached.json).unwrap() else { panic!() };
@@ -165,10 +181,16 @@ fn detaching_keeps_the_full_manifest_in_a_hashed_file() {
 
 #[test]
 fn malformed_manifests_are_errors_not_panics() {
-    for text in ["", "[]", "{}", r#"{"manifestVersion":4}"#, r#"{"manifestVersion":"4","updateId":{}}"#,
+    for text in [
+        "",
+        "[]",
+        "{}",
+        r#"{"manifestVersion":4}"#,
+        r#"{"manifestVersion":"4","updateId":{}}"#,
         r#"{"manifestVersion":"4","updateId":{"provider":"a","name":"b","version":"1.0"},"compatibility":[],"instructions":{"steps":[{"type":"weird"}]},"files":{},"createdDateTime":"x"}"#,
         r#"{"manifestVersion":"4","updateId":{"provider":"a","name":"b","version":"1.0"},"compatibility":[],"instructions":{"steps":[]},"files":{"f":{"fileName":"a","sizeInBytes":-1,"hashes":{"sha256":"x"}}},"createdDateTime":"x"}"#,
-        r#"{"manifestVersion":"4","updateId":{"provider":"a","name":"b","version":"1.0"},"detachedManifestFileId":"x","files":{"y":{"fileName":"a","sizeInBytes":1,"hashes":{"sha256":"x"}}}}"#] {
+        r#"{"manifestVersion":"4","updateId":{"provider":"a","name":"b","version":"1.0"},"detachedManifestFileId":"x","files":{"y":{"fileName":"a","sizeInBytes":1,"hashes":{"sha256":"x"}}}}"#,
+    ] {
         assert!(UpdateManifest::parse(text).is_err(), "{text}");
     }
 }

@@ -20,7 +20,7 @@ fn verify(store: &TrustStore, name: &str) -> Result<String, u32> {
     store
         .verify_update_manifest(s["updateManifest"].as_str(), s["updateManifestSignature"].as_str())
         .map(|signer| format!("{}>{}", signer.root_kid, signer.signing_kid.unwrap_or_default()))
-        .map_err(|e| e.extended_result_code())
+        .map_err(|e| e.extended_result_code().0)
 }
 
 #[test]
@@ -92,8 +92,11 @@ fn without_a_package_the_official_agent_fails_with_invalid_root_kid() {
 #[test]
 fn cancel_vectors_carry_no_signature() {
     let store = TrustStore::production();
-    for name in ["24_azsdkc_cancel_nodeployment.json", "25_azsdkc_unknown-action.json", "26_azsdkc_cancel_fileUrls-null-values.json"]
-    {
+    for name in [
+        "24_azsdkc_cancel_nodeployment.json",
+        "25_azsdkc_unknown-action.json",
+        "26_azsdkc_cancel_fileUrls-null-values.json",
+    ] {
         let s = service(name);
         assert_eq!(
             store.verify_update_manifest(s["updateManifest"].as_str(), s["updateManifestSignature"].as_str()),
@@ -105,12 +108,16 @@ fn cancel_vectors_carry_no_signature() {
 
 #[test]
 fn signing_key_of_service_manifests_has_the_documented_spki_hash() {
-    let signature = service("01_v4_valid_startupworkflowdata.json")["updateManifestSignature"].as_str().unwrap().to_owned();
+    let signature =
+        service("01_v4_valid_startupworkflowdata.json")["updateManifestSignature"].as_str().unwrap().to_owned();
     let header = jws::decode_json_object(jws::Sections::header_of(&signature).unwrap()).unwrap();
     let info = jws::inspect_sjwk(header["sjwk"].as_str().unwrap()).unwrap();
     assert_eq!(info.root_kid, "ADU.200702.R");
     assert_eq!(info.signing_kid.as_deref(), Some("ADU.210609.R.S"));
-    assert_eq!(duhub_proto::b64::encode_url(&info.signing_key.spki_sha256()), "Y0jA4rDItwp5NIZYPUP8jAQoXIRPSKCDo4xtiWjyvig");
+    assert_eq!(
+        duhub_proto::b64::encode_url(&info.signing_key.spki_sha256()),
+        "Y0jA4rDItwp5NIZYPUP8jAQoXIRPSKCDo4xtiWjyvig"
+    );
 }
 
 #[test]
@@ -120,7 +127,10 @@ fn sjwk_vectors() {
     assert_eq!(valid.root_kid, "ADU.200702.R");
     assert_eq!(valid.signing_kid.as_deref(), Some("ADU.200702.R.S"));
     assert_eq!(store.verify_sjwk(read("vectors/jws/sjwk_bad-structure.jws").trim()), Err(JwsError::BadStructure));
-    assert_eq!(store.verify_sjwk(read("vectors/jws/sjwk_invalid-signature.jws").trim()), Err(JwsError::InvalidSignature));
+    assert_eq!(
+        store.verify_sjwk(read("vectors/jws/sjwk_invalid-signature.jws").trim()),
+        Err(JwsError::InvalidSignature)
+    );
 }
 
 #[test]
@@ -144,7 +154,8 @@ fn raw_rs256_vectors() {
     assert_eq!(cases.len(), 2);
     for case in cases {
         let signature = duhub_proto::b64::decode_lenient(case["signature_base64url"].as_str().unwrap()).unwrap();
-        let valid = root.key.verify(SignatureAlgorithm::Rs256, case["signing_input"].as_str().unwrap().as_bytes(), &signature);
+        let valid =
+            root.key.verify(SignatureAlgorithm::Rs256, case["signing_input"].as_str().unwrap().as_bytes(), &signature);
         assert_eq!(valid, case["expected"] == "valid");
     }
 }
@@ -165,32 +176,38 @@ fn root_key_package_vectors() {
     }
     for name in ["disabledRootKeyProd.json", "disabledSigningKeyProd.json"] {
         let package = RootKeyPackage::parse(&read(&format!("vectors/rootkeys/{name}"))).unwrap();
-        assert_eq!(package.validate(&production).unwrap_err().extended_result_code, 0x8060_0004, "{name}");
+        assert_eq!(package.validate(&production).unwrap_err().extended_result_code.0, 0x8060_0004, "{name}");
         // Without the first key, the second still finds no signature at its index.
-        assert_eq!(package.validate(&production[1..]).unwrap_err().extended_result_code, 0x8060_0003, "{name}");
+        assert_eq!(package.validate(&production[1..]).unwrap_err().extended_result_code.0, 0x8060_0003, "{name}");
     }
     let disabled_root = RootKeyPackage::parse(&read("vectors/rootkeys/disabledRootKeyProd.json")).unwrap();
     assert_eq!(disabled_root.disabled_root_keys, vec!["ADU.200702.R".to_owned()]);
     let disabled_signing = RootKeyPackage::parse(&read("vectors/rootkeys/disabledSigningKeyProd.json")).unwrap();
-    assert_eq!(duhub_proto::b64::encode_url(&disabled_signing.disabled_signing_keys[0].hash), "q5xF2ARjhdtH-kaLNTwZAMoXdy0iJQjziQ_AyZWDPRA");
+    assert_eq!(
+        duhub_proto::b64::encode_url(&disabled_signing.disabled_signing_keys[0].hash),
+        "q5xF2ARjhdtH-kaLNTwZAMoXdy0iJQjziQ_AyZWDPRA"
+    );
 
     let unit_test_roots = test_anchors("vectors/rootkeys/ut-test-root-keys.json");
     assert_eq!(unit_test_roots.len(), 2);
     let valid = RootKeyPackage::parse(&read("vectors/rootkeys/ut-validrootkeypackage.json")).unwrap();
     assert_eq!(valid.validate(&unit_test_roots), Ok(()));
     let invalid = RootKeyPackage::parse(&read("vectors/rootkeys/ut-invalidrootkeypackage.json")).unwrap();
-    assert_eq!(invalid.validate(&unit_test_roots).unwrap_err().extended_result_code, 0x8060_0004);
+    assert_eq!(invalid.validate(&unit_test_roots).unwrap_err().extended_result_code.0, 0x8060_0004);
 
     // rootkey1 / rootkey2: their own listed keys are the anchors; neither signature verifies.
     for name in ["rootkeypackage_utils-rootkeypackage.json", "rootkeyfiles-rootkey.json"] {
         let package = RootKeyPackage::parse(&read(&format!("vectors/rootkeys/{name}"))).unwrap();
         let own = package.root_keys.clone();
-        assert_eq!(package.validate(&own).unwrap_err().extended_result_code, 0x8060_0004, "{name}");
-        assert_eq!(package.validate(&own[1..]).unwrap_err().extended_result_code, 0x8060_0004, "{name}");
+        assert_eq!(package.validate(&own).unwrap_err().extended_result_code.0, 0x8060_0004, "{name}");
+        assert_eq!(package.validate(&own[1..]).unwrap_err().extended_result_code.0, 0x8060_0004, "{name}");
     }
     // The template is not JSON until filled in.
     assert_eq!(
-        RootKeyPackage::parse(&read("vectors/rootkeys/rootkeypackage_template.json")).unwrap_err().extended_result_code,
+        RootKeyPackage::parse(&read("vectors/rootkeys/rootkeypackage_template.json"))
+            .unwrap_err()
+            .extended_result_code
+            .0,
         0xA000_0001
     );
 }
@@ -198,7 +215,8 @@ fn root_key_package_vectors() {
 #[test]
 fn hard_coded_root_key_list_matches_the_vector() {
     let listed = test_anchors("vectors/rootkeys/hardcoded-root-keys.json");
-    let compiled: Vec<RootKey> = root_key::production_root_keys().into_iter().chain(root_key::test_root_keys()).collect();
+    let compiled: Vec<RootKey> =
+        root_key::production_root_keys().into_iter().chain(root_key::test_root_keys()).collect();
     assert_eq!(listed, compiled);
     assert!(compiled.iter().all(|k| k.key.bits() == 3072 && k.key.e_u64() == Some(65537)));
 }

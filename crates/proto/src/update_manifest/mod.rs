@@ -12,27 +12,30 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
 use crate::b64;
+use crate::result::ExtendedResultCode;
 use crate::update_id::UpdateId;
 use crate::validation::{Pointer, Report, Violation};
 
-/// Extended result codes of update manifest parsing (facility UTILITY, update data parser).
+/// Extended result codes of update manifest parsing (the update data parser's codes).
 pub mod erc {
+    use crate::result::ExtendedResultCode as Erc;
+
     /// The manifest string is not a JSON object.
-    pub const BAD_MANIFEST: u32 = 0x8030_0009;
+    pub const BAD_MANIFEST: Erc = Erc::BAD_MANIFEST;
     /// `manifestVersion` missing or outside 4..=5.
-    pub const UNSUPPORTED_MANIFEST_VERSION: u32 = 0x8030_000A;
+    pub const UNSUPPORTED_MANIFEST_VERSION: Erc = Erc::UNSUPPORTED_MANIFEST_VERSION;
     /// No usable `updateId`.
-    pub const NO_UPDATE_ID: u32 = 0x8030_0003;
+    pub const NO_UPDATE_ID: Erc = Erc::NO_UPDATE_ID;
     /// `files` malformed.
-    pub const BAD_FILES: u32 = 0x8030_0007;
+    pub const BAD_FILES: Erc = Erc::BAD_FILES_OR_FILE_URLS;
     /// A detached manifest whose file entry is missing.
-    pub const MISSING_DETACHED_ENTITY: u32 = 0x8030_000B;
+    pub const MISSING_DETACHED_ENTITY: Erc = Erc::MISSING_DETACHED_MANIFEST_ENTITY;
     /// A malformed detached manifest.
-    pub const BAD_DETACHED_MANIFEST: u32 = 0x8030_000C;
+    pub const BAD_DETACHED_MANIFEST: Erc = Erc::BAD_DETACHED_MANIFEST;
     /// A detached manifest file that is not JSON.
-    pub const BAD_DETACHED_JSON_FILE: u32 = 0x8030_000E;
+    pub const BAD_DETACHED_JSON_FILE: Erc = Erc::BAD_DETACHED_MANIFEST_JSON_FILE;
     /// A detached manifest file without `updateManifest`.
-    pub const DETACHED_WITHOUT_UPDATE_MANIFEST: u32 = 0x8030_000F;
+    pub const DETACHED_WITHOUT_UPDATE_MANIFEST: Erc = Erc::DETACHED_MANIFEST_MISSING_UPDATE_MANIFEST;
 }
 
 /// Largest manifest string sent inline in a twin; larger ones are sent detached
@@ -44,7 +47,7 @@ pub const MAX_INLINE_MANIFEST_BYTES: usize = 4096;
 #[error("{pointer}: {detail}")]
 pub struct ManifestError {
     /// Extended result code (see [`erc`]).
-    pub extended_result_code: u32,
+    pub extended_result_code: ExtendedResultCode,
     /// JSON pointer of the offending value inside the manifest.
     pub pointer: String,
     /// What is wrong.
@@ -52,7 +55,7 @@ pub struct ManifestError {
 }
 
 impl ManifestError {
-    fn new(extended_result_code: u32, at: &Pointer, detail: impl Into<String>) -> Self {
+    fn new(extended_result_code: ExtendedResultCode, at: &Pointer, detail: impl Into<String>) -> Self {
         Self { extended_result_code, pointer: at.as_str().to_owned(), detail: detail.into() }
     }
 }
@@ -111,10 +114,7 @@ impl InlineStep {
     /// `handlerProperties.installedCriteria`, also under the key `InstalledCriteria`.
     pub fn installed_criteria(&self) -> Option<&str> {
         let properties = self.handler_properties.as_ref()?;
-        properties
-            .get("installedCriteria")
-            .or_else(|| properties.get("InstalledCriteria"))
-            .and_then(Value::as_str)
+        properties.get("installedCriteria").or_else(|| properties.get("InstalledCriteria")).and_then(Value::as_str)
     }
 }
 
@@ -300,14 +300,18 @@ fn parse_compatibility(value: Option<&Value>, at: &Pointer) -> Result<Vec<IndexM
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let object = item
-                .as_object()
-                .ok_or_else(|| ManifestError::new(erc::BAD_MANIFEST, &at.index(i), "compatibility entry is not an object"))?;
+            let object = item.as_object().ok_or_else(|| {
+                ManifestError::new(erc::BAD_MANIFEST, &at.index(i), "compatibility entry is not an object")
+            })?;
             object
                 .iter()
                 .map(|(k, v)| {
                     v.as_str().map(|s| (k.clone(), s.to_owned())).ok_or_else(|| {
-                        ManifestError::new(erc::BAD_MANIFEST, &at.index(i).key(k), "compatibility value is not a string")
+                        ManifestError::new(
+                            erc::BAD_MANIFEST,
+                            &at.index(i).key(k),
+                            "compatibility value is not a string",
+                        )
                     })
                 })
                 .collect()
@@ -320,17 +324,22 @@ fn parse_step(value: &Value, at: &Pointer) -> Result<Step, ManifestError> {
     let description = object.get("description").and_then(Value::as_str).map(str::to_owned);
     match object.get("type").and_then(Value::as_str) {
         Some("reference") => {
-            let id = object.get("detachedManifestFileId").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| {
-                ManifestError::new(erc::BAD_MANIFEST, &at.key("detachedManifestFileId"), "reference step without detachedManifestFileId")
-            })?;
+            let id =
+                object.get("detachedManifestFileId").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(
+                    || {
+                        ManifestError::new(
+                            erc::BAD_MANIFEST,
+                            &at.key("detachedManifestFileId"),
+                            "reference step without detachedManifestFileId",
+                        )
+                    },
+                )?;
             Ok(Step::Reference(ReferenceStep { detached_manifest_file_id: id.to_owned(), description }))
         }
         None | Some("inline") => {
-            let handler = object
-                .get("handler")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| ManifestError::new(erc::BAD_MANIFEST, &at.key("handler"), "inline step without handler"))?;
+            let handler = object.get("handler").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| {
+                ManifestError::new(erc::BAD_MANIFEST, &at.key("handler"), "inline step without handler")
+            })?;
             let files = object
                 .get("files")
                 .and_then(Value::as_array)
@@ -338,21 +347,27 @@ fn parse_step(value: &Value, at: &Pointer) -> Result<Step, ManifestError> {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
-                    f.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| ManifestError::new(erc::BAD_FILES, &at.key("files").index(i), "file id is not a string"))
+                    f.as_str().map(str::to_owned).ok_or_else(|| {
+                        ManifestError::new(erc::BAD_FILES, &at.key("files").index(i), "file id is not a string")
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             let handler_properties = match object.get("handlerProperties") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(p)) => Some(p.clone()),
                 Some(_) => {
-                    return Err(ManifestError::new(erc::BAD_MANIFEST, &at.key("handlerProperties"), "handlerProperties is not an object"));
+                    return Err(ManifestError::new(
+                        erc::BAD_MANIFEST,
+                        &at.key("handlerProperties"),
+                        "handlerProperties is not an object",
+                    ));
                 }
             };
             Ok(Step::Inline(InlineStep { handler: handler.to_owned(), files, handler_properties, description }))
         }
-        Some(other) => Err(ManifestError::new(erc::BAD_MANIFEST, &at.key("type"), format!("unknown step type \"{other}\""))),
+        Some(other) => {
+            Err(ManifestError::new(erc::BAD_MANIFEST, &at.key("type"), format!("unknown step type \"{other}\"")))
+        }
     }
 }
 
@@ -397,7 +412,9 @@ fn parse_base_file(object: &Map<String, Value>, at: &Pointer) -> Result<BaseFile
     let properties = match object.get("properties") {
         None | Some(Value::Null) => None,
         Some(Value::Object(p)) => Some(p.clone()),
-        Some(_) => return Err(ManifestError::new(erc::BAD_FILES, &at.key("properties"), "properties is not an object")),
+        Some(_) => {
+            return Err(ManifestError::new(erc::BAD_FILES, &at.key("properties"), "properties is not an object"));
+        }
     };
     Ok(BaseFile { file_name: file_name.to_owned(), size_in_bytes, hashes, properties })
 }
@@ -412,7 +429,8 @@ fn size(value: &Value) -> Option<u64> {
 }
 
 fn parse_file(value: &Value, at: &Pointer) -> Result<FileEntry, ManifestError> {
-    let object = value.as_object().ok_or_else(|| ManifestError::new(erc::BAD_FILES, at, "file entry is not an object"))?;
+    let object =
+        value.as_object().ok_or_else(|| ManifestError::new(erc::BAD_FILES, at, "file entry is not an object"))?;
     let base = parse_base_file(object, at)?;
     let related_at = at.key("relatedFiles");
     let related_files = match object.get("relatedFiles") {
@@ -421,10 +439,14 @@ fn parse_file(value: &Value, at: &Pointer) -> Result<FileEntry, ManifestError> {
             .iter()
             .map(|(id, related)| parse_related(Some(id), related, &related_at.key(id)))
             .collect::<Result<_, _>>()?,
-        Some(Value::Array(items)) => {
-            items.iter().enumerate().map(|(i, related)| parse_related(None, related, &related_at.index(i))).collect::<Result<_, _>>()?
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, related)| parse_related(None, related, &related_at.index(i)))
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ManifestError::new(erc::BAD_FILES, &related_at, "relatedFiles is neither a map nor an array"));
         }
-        Some(_) => return Err(ManifestError::new(erc::BAD_FILES, &related_at, "relatedFiles is neither a map nor an array")),
     };
     let download_handler = match object.get("downloadHandler") {
         None | Some(Value::Null) => None,
@@ -443,7 +465,8 @@ fn parse_file(value: &Value, at: &Pointer) -> Result<FileEntry, ManifestError> {
 }
 
 fn parse_related(id: Option<&String>, value: &Value, at: &Pointer) -> Result<RelatedFile, ManifestError> {
-    let object = value.as_object().ok_or_else(|| ManifestError::new(erc::BAD_FILES, at, "related file is not an object"))?;
+    let object =
+        value.as_object().ok_or_else(|| ManifestError::new(erc::BAD_FILES, at, "related file is not an object"))?;
     let base = parse_base_file(object, at)?;
     Ok(RelatedFile {
         id: id.cloned(),
@@ -457,11 +480,10 @@ fn parse_related(id: Option<&String>, value: &Value, at: &Pointer) -> Result<Rel
 fn parse_detached(object: &Map<String, Value>, manifest_version: String) -> Result<DetachedManifest, ManifestError> {
     let root = Pointer::root();
     let update_id = parse_update_id(object, &root)?;
-    let id = object
-        .get("detachedManifestFileId")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ManifestError::new(erc::BAD_DETACHED_MANIFEST, &root.key("detachedManifestFileId"), "not a file id"))?;
+    let id =
+        object.get("detachedManifestFileId").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| {
+            ManifestError::new(erc::BAD_DETACHED_MANIFEST, &root.key("detachedManifestFileId"), "not a file id")
+        })?;
     let mut files = parse_files(object.get("files"), &root.key("files"))?;
     if files.len() != 1 {
         return Err(ManifestError::new(
@@ -471,18 +493,21 @@ fn parse_detached(object: &Map<String, Value>, manifest_version: String) -> Resu
         ));
     }
     let file = files.shift_remove(id).ok_or_else(|| {
-        ManifestError::new(erc::MISSING_DETACHED_ENTITY, &root.key("files").key(id), "the detached manifest file is not listed")
+        ManifestError::new(
+            erc::MISSING_DETACHED_ENTITY,
+            &root.key("files").key(id),
+            "the detached manifest file is not listed",
+        )
     })?;
     Ok(DetachedManifest { manifest_version, update_id, detached_manifest_file_id: id.to_owned(), file })
 }
 
 fn parse_legacy(object: &Map<String, Value>, manifest_version: String) -> Result<LegacyManifest, ManifestError> {
     let root = Pointer::root();
-    let update_id = object
-        .get("updateId")
-        .and_then(Value::as_object)
-        .cloned()
-        .ok_or_else(|| ManifestError::new(erc::NO_UPDATE_ID, &root.key("updateId"), "missing object \"updateId\""))?;
+    let update_id =
+        object.get("updateId").and_then(Value::as_object).cloned().ok_or_else(|| {
+            ManifestError::new(erc::NO_UPDATE_ID, &root.key("updateId"), "missing object \"updateId\"")
+        })?;
     Ok(LegacyManifest {
         manifest_version,
         update_id,
@@ -528,7 +553,9 @@ impl FullManifest {
     pub fn is_compatible_with(&self, device_properties: &IndexMap<String, String>) -> bool {
         self.compatibility.iter().any(|set| {
             set.iter().all(|(name, value)| {
-                device_properties.iter().any(|(device_name, device_value)| device_name.eq_ignore_ascii_case(name) && device_value == value)
+                device_properties
+                    .iter()
+                    .any(|(device_name, device_value)| device_name.eq_ignore_ascii_case(name) && device_value == value)
             })
         })
     }
@@ -547,7 +574,12 @@ impl FullManifest {
                 Step::Inline(inline) => {
                     for (j, id) in inline.files.iter().enumerate() {
                         if !self.files.contains_key(id) {
-                            report.push(&at.key("files").index(j), "fileExists", format!("step file id \"{id}\" is not in files"), None);
+                            report.push(
+                                &at.key("files").index(j),
+                                "fileExists",
+                                format!("step file id \"{id}\" is not in files"),
+                                None,
+                            );
                         }
                     }
                 }
@@ -556,7 +588,10 @@ impl FullManifest {
                         report.push(
                             &at.key("detachedManifestFileId"),
                             "fileExists",
-                            format!("child manifest file id \"{}\" is not in files", reference.detached_manifest_file_id),
+                            format!(
+                                "child manifest file id \"{}\" is not in files",
+                                reference.detached_manifest_file_id
+                            ),
                             None,
                         );
                     }
@@ -630,11 +665,19 @@ fn step_value(step: &Step) -> Value {
     Value::Object(object)
 }
 
-fn base_file_value(name: &str, size: u64, hashes: &IndexMap<String, String>, properties: Option<&Map<String, Value>>) -> Map<String, Value> {
+fn base_file_value(
+    name: &str,
+    size: u64,
+    hashes: &IndexMap<String, String>,
+    properties: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
     let mut object = Map::new();
     object.insert("fileName".into(), name.into());
     object.insert("sizeInBytes".into(), size.into());
-    object.insert("hashes".into(), Value::Object(hashes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()));
+    object.insert(
+        "hashes".into(),
+        Value::Object(hashes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
+    );
     if let Some(properties) = properties {
         object.insert("properties".into(), Value::Object(properties.clone()));
     }
@@ -649,7 +692,10 @@ fn files_value(files: &IndexMap<String, FileEntry>) -> Value {
             let mut related = Map::new();
             for (i, r) in file.related_files.iter().enumerate() {
                 let id = r.id.clone().unwrap_or_else(|| i.to_string());
-                related.insert(id, Value::Object(base_file_value(&r.file_name, r.size_in_bytes, &r.hashes, r.properties.as_ref())));
+                related.insert(
+                    id,
+                    Value::Object(base_file_value(&r.file_name, r.size_in_bytes, &r.hashes, r.properties.as_ref())),
+                );
             }
             entry.insert("relatedFiles".into(), Value::Object(related));
         }
@@ -669,13 +715,12 @@ pub fn manifest_file_content(manifest_json: &str) -> Vec<u8> {
 /// Reads a detached or child manifest file, returning the manifest string inside.
 pub fn read_manifest_file(bytes: &[u8]) -> Result<String, ManifestError> {
     let root = Pointer::root();
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ManifestError::new(erc::BAD_DETACHED_JSON_FILE, &root, format!("manifest file is not JSON: {e}")))?;
-    value
-        .get("updateManifest")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| ManifestError::new(erc::DETACHED_WITHOUT_UPDATE_MANIFEST, &root.key("updateManifest"), "missing string"))
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ManifestError::new(erc::BAD_DETACHED_JSON_FILE, &root, format!("manifest file is not JSON: {e}"))
+    })?;
+    value.get("updateManifest").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
+        ManifestError::new(erc::DETACHED_WITHOUT_UPDATE_MANIFEST, &root.key("updateManifest"), "missing string")
+    })
 }
 
 /// The file name the service gives a child or detached manifest file:
@@ -808,3 +853,6 @@ mod tests {
         }
     }
 }
+
+mod generate;
+pub use generate::{ChildUpdate, FileSource, GenerateError, GeneratedFile, GeneratedUpdate, generate};
