@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use duhub_proto::jws;
 use duhub_proto::keys::{self, SigningKeyPair};
-use duhub_proto::root_key::{self, DisabledSigningKey, PackageDraft, RootKey, RootKeyPackage};
+use duhub_proto::root_key::{self, DisabledSigningKey, PackageContent, RootKey, RootKeyPackage};
 use duhub_proto::trust::TrustStore;
 use serde::{Deserialize, Serialize};
 
@@ -249,7 +249,7 @@ impl KeyStore {
             let info = jws::inspect_sjwk(sjwk.trim()).with_context(|| format!("reading {}", sjwk_path.display()))?;
             disabled.push(DisabledSigningKey::for_key(&info.signing_key));
         }
-        let draft = PackageDraft {
+        let draft = PackageContent {
             is_test: false,
             version: index.package_version + 1,
             published: now.unix,

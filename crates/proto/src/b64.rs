@@ -11,6 +11,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
+/// URL-safe alphabet; accepts input with or without padding.
+const URL_LENIENT_PADDING: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_encode_padding(false).with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 /// Standard alphabet; accepts input with or without padding.
 const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -45,6 +51,13 @@ pub fn decode_lenient(text: &str) -> Result<Vec<u8>, DecodeError> {
     STANDARD_LENIENT.decode(normalised.as_bytes()).map_err(|e| DecodeError(e.to_string()))
 }
 
+/// Decodes base64url (the `-_` alphabet only), padding optional: JWS segments, root key
+/// package signatures and hashes. One text has one decoding, so a signature cannot be
+/// re-encoded into a different string that still verifies.
+pub fn decode_url(text: &str) -> Result<Vec<u8>, DecodeError> {
+    URL_LENIENT_PADDING.decode(text.as_bytes()).map_err(|e| DecodeError(e.to_string()))
+}
+
 /// Decodes strictly standard base64 with canonical padding (import manifest hashes).
 pub fn decode_std_strict(text: &str) -> Result<Vec<u8>, DecodeError> {
     STANDARD.decode(text.as_bytes()).map_err(|e| DecodeError(e.to_string()))
@@ -75,6 +88,9 @@ mod tests {
         assert_eq!(decode_lenient("fHx8fFxcXC8vLy8_fX1-fg").unwrap(), bytes);
         assert_eq!(decode_lenient("fHx8fFxcXC8vLy8_fX1-fg==").unwrap(), bytes);
         assert_eq!(decode_lenient("fHx8fFxcXC8vLy8/fX1+fg==").unwrap(), bytes);
+        assert_eq!(decode_url("fHx8fFxcXC8vLy8_fX1-fg==").unwrap(), bytes);
+        assert!(decode_url("fHx8fFxcXC8vLy8/fX1+fg==").is_err(), "standard alphabet is not base64url");
+        assert!(decode_url("fHx8fFxcXC8vLy8_fX1-fh").is_err(), "non-zero trailing bits are refused");
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl<'a> Sections<'a> {
 
 /// Decodes a base64url section holding a JSON object.
 pub fn decode_json_object(section: &str) -> Option<serde_json::Map<String, Value>> {
-    parse_object(&b64::decode_lenient(section).ok()?)
+    parse_object(&b64::decode_url(section).ok()?)
 }
 
 /// Parses bytes as a JSON object.
@@ -136,10 +136,10 @@ pub(crate) fn string_member<'m>(object: &'m serde_json::Map<String, Value>, name
 /// Verifies a compact JWS with a known key, as the official agent's `VerifyJWSWithKey`.
 pub fn verify_with_key(jws: &str, key: &RsaPublicKey) -> Result<(), JwsError> {
     let sections = Sections::split(jws)?;
-    let header = b64::decode_lenient(sections.header).map_err(|_| JwsError::Failed)?;
+    let header = b64::decode_url(sections.header).map_err(|_| JwsError::Failed)?;
     let header = parse_object(&header).ok_or(JwsError::BadStructure)?;
     let alg = string_member(&header, "alg").ok_or(JwsError::BadStructure)?;
-    let signature = b64::decode_lenient(sections.signature).map_err(|_| JwsError::InvalidSignature)?;
+    let signature = b64::decode_url(sections.signature).map_err(|_| JwsError::InvalidSignature)?;
     // The official agent supports RS256 only, whatever the case of the name.
     if SignatureAlgorithm::parse(alg) != Some(SignatureAlgorithm::Rs256) {
         return Err(JwsError::InvalidSignature);

@@ -99,19 +99,9 @@ pub struct PackageSignature {
 /// A parsed root key package. Keeps the exact bytes its signatures cover.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootKeyPackage {
-    /// Whether this is a test package (refused by production agents).
-    pub is_test: bool,
-    /// Package version (at least 1).
-    pub version: u64,
-    /// Publication time, Unix seconds.
-    pub published: i64,
-    /// Root key ids that must not be trusted.
-    pub disabled_root_keys: Vec<String>,
-    /// Signing keys that must not be trusted.
-    pub disabled_signing_keys: Vec<DisabledSigningKey>,
-    /// Root keys, in package order.
-    pub root_keys: Vec<RootKey>,
-    /// Signatures, by position of `root_keys`.
+    /// What `protected` says.
+    pub content: PackageContent,
+    /// Signatures, by position of `content.root_keys`.
     pub signatures: Vec<PackageSignature>,
     signed_bytes: String,
 }
@@ -225,15 +215,17 @@ impl RootKeyPackage {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(PackageError::new(erc::FAIL_JSON_PARSE, "protected.isTest must be a boolean")),
         };
-        let signatures = parse_signatures(root)?;
-        Ok(Self {
+        let content = PackageContent {
             is_test,
             version,
             published: i64::try_from(published).unwrap_or(i64::MAX),
             disabled_root_keys: parse_disabled_root_keys(protected)?,
             disabled_signing_keys: parse_disabled_signing_keys(protected)?,
             root_keys: parse_root_keys(protected)?,
-            signatures,
+        };
+        Ok(Self {
+            content,
+            signatures: parse_signatures(root)?,
             signed_bytes: to_parson_string(&Value::Object(protected.clone())),
         })
     }
@@ -250,7 +242,7 @@ impl RootKeyPackage {
             return Err(PackageError::new(erc::HARDCODED_ROOTKEY_LOAD_FAILED, "no trusted root keys to validate with"));
         }
         for anchor in anchors {
-            let index = self.root_keys.iter().position(|k| k.kid == anchor.kid).ok_or_else(|| {
+            let index = self.content.root_keys.iter().position(|k| k.kid == anchor.kid).ok_or_else(|| {
                 PackageError::new(
                     erc::SIGNATURE_FOR_KEY_NOT_FOUND,
                     format!("trusted root key {} is not listed in the package", anchor.kid),
@@ -277,34 +269,30 @@ impl RootKeyPackage {
         if self.is_root_key_disabled(kid) {
             return None;
         }
-        self.root_keys.iter().find(|k| k.kid == kid)
+        self.content.root_keys.iter().find(|k| k.kid == kid)
     }
 
     /// Whether `kid` is listed in `disabledRootKeys`.
     pub fn is_root_key_disabled(&self, kid: &str) -> bool {
-        self.disabled_root_keys.iter().any(|d| d == kid)
+        self.content.disabled_root_keys.iter().any(|d| d == kid)
     }
 
     /// Whether the signing key is listed in `disabledSigningKeys`.
     pub fn is_signing_key_disabled(&self, key: &RsaPublicKey) -> bool {
-        self.disabled_signing_keys.iter().any(|d| d.matches(key))
+        self.content.disabled_signing_keys.iter().any(|d| d.matches(key))
     }
 
     /// The package as JSON: `protected` written as the signed bytes, so any reader that
     /// re-serialises it the parson way gets the same bytes.
     pub fn to_json(&self) -> String {
-        let signatures: Vec<Value> = self
-            .signatures
-            .iter()
-            .map(|s| serde_json::json!({"alg": s.alg.name(), "sig": b64::encode_url(&s.sig)}))
-            .collect();
-        format!("{{\"protected\":{},\"signatures\":{}}}", self.signed_bytes, Value::Array(signatures))
+        package_json(&self.signed_bytes, &self.signatures)
     }
 }
 
-/// The content of a package to be signed.
+/// What a package's `protected` object says; signed into a package with
+/// [`PackageContent::sign`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackageDraft {
+pub struct PackageContent {
     /// Whether it is a test package.
     pub is_test: bool,
     /// Version, at least 1; raise it with every change.
@@ -319,7 +307,7 @@ pub struct PackageDraft {
     pub root_keys: Vec<RootKey>,
 }
 
-impl PackageDraft {
+impl PackageContent {
     /// The `protected` object in the member order of Microsoft's packages.
     pub fn protected_value(&self) -> Value {
         let mut root_keys = Map::new();
@@ -365,16 +353,15 @@ impl PackageDraft {
             let sig = signer.sign(SignatureAlgorithm::Rs256, signed_bytes.as_bytes());
             signatures.push(PackageSignature { alg: SignatureAlgorithm::Rs256, sig });
         }
-        RootKeyPackage::parse(&format!(
-            "{{\"protected\":{signed_bytes},\"signatures\":{}}}",
-            Value::Array(
-                signatures
-                    .iter()
-                    .map(|s| serde_json::json!({"alg": s.alg.name(), "sig": b64::encode_url(&s.sig)}))
-                    .collect()
-            )
-        ))
+        RootKeyPackage::parse(&package_json(&signed_bytes, &signatures))
     }
+}
+
+/// `{"protected":<signed bytes>,"signatures":[{"alg","sig"}]}`.
+fn package_json(signed_bytes: &str, signatures: &[PackageSignature]) -> String {
+    let signatures: Vec<Value> =
+        signatures.iter().map(|s| serde_json::json!({"alg": s.alg.name(), "sig": b64::encode_url(&s.sig)})).collect();
+    format!("{{\"protected\":{signed_bytes},\"signatures\":{}}}", Value::Array(signatures))
 }
 
 fn positive_integer(value: &Value) -> Option<u64> {
@@ -518,7 +505,7 @@ fn decode_member(entry: &Map<String, Value>, name: &str, at: &str) -> Result<Vec
         .get(name)
         .and_then(Value::as_str)
         .ok_or_else(|| PackageError::new(erc::MISSING_HASH_OR_SIG, format!("{at} has no \"{name}\"")))?;
-    match b64::decode_lenient(text) {
+    match b64::decode_url(text) {
         Ok(bytes) if !bytes.is_empty() => Ok(bytes),
         _ => Err(PackageError::new(erc::INVALID_ENCODING, format!("{at}: \"{name}\" is not base64url"))),
     }

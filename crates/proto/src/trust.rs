@@ -106,12 +106,12 @@ impl TrustStore {
     /// Verifies an SJWK: its root key, its signature and that its signing key is not disabled.
     pub fn verify_sjwk(&self, sjwk: &str) -> Result<VerifiedSigningKey, JwsError> {
         let sections = Sections::split(sjwk)?;
-        let header = b64::decode_lenient(sections.header).map_err(|_| JwsError::Failed)?;
+        let header = b64::decode_url(sections.header).map_err(|_| JwsError::Failed)?;
         let header = jws::parse_object(&header).ok_or(JwsError::Failed)?;
         let root_kid = jws::string_member(&header, "kid").ok_or(JwsError::Failed)?;
         let root_key = self.root_key(root_kid)?;
         jws::verify_with_key(sjwk, root_key)?;
-        let payload = b64::decode_lenient(sections.payload).map_err(|_| JwsError::Failed)?;
+        let payload = b64::decode_url(sections.payload).map_err(|_| JwsError::Failed)?;
         let payload = jws::parse_object(&payload).ok_or(JwsError::InvalidSjwkPayload)?;
         let signing_key = jws::signing_key_from_jwk(&payload)?;
         if self.is_signing_key_disabled(&signing_key) {
@@ -127,13 +127,13 @@ impl TrustStore {
     /// Verifies a JWS whose header carries an `sjwk`, returning its decoded payload.
     pub fn verify_jws_with_sjwk(&self, jws: &str) -> Result<VerifiedJws, JwsError> {
         let header = Sections::header_of(jws)?;
-        let header = b64::decode_lenient(header).map_err(|_| JwsError::InvalidEncodingJwsHeader)?;
+        let header = b64::decode_url(header).map_err(|_| JwsError::InvalidEncodingJwsHeader)?;
         let header = jws::parse_object(&header).ok_or(JwsError::BadStructure)?;
         let sjwk = jws::string_member(&header, "sjwk").filter(|s| !s.is_empty()).ok_or(JwsError::BadStructure)?;
         let signer = self.verify_sjwk(sjwk)?;
         jws::verify_with_key(jws, &signer.key)?;
         let sections = Sections::split(jws)?;
-        let payload = b64::decode_lenient(sections.payload).map_err(|_| JwsError::Failed)?;
+        let payload = b64::decode_url(sections.payload).map_err(|_| JwsError::Failed)?;
         Ok(VerifiedJws { signer, payload })
     }
 

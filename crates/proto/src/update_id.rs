@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::validation::{Pointer, Report};
+use crate::validation::{Pointer, Report, json_type_name as kind};
 
 /// Unique update identifier. Serialises with members in the order the Azure service uses
 /// (`provider`, `name`, `version`), which is also the `installedUpdateId` string format.
@@ -141,18 +141,6 @@ pub fn validate_update_id(value: &Value, at: &Pointer, report: &mut Report) {
         Some(other) => {
             report.push(&ptr, "type", format!("version must be a string, found {}", kind(other)), Some(other))
         }
-    }
-}
-
-/// The JSON type name of a value, for messages.
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -28,6 +28,18 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// The JSON type name of a value, for messages (`"a string"`, `"an object"`, ...).
+pub(crate) fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// A JSON pointer under construction; cheap to extend while walking a document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pointer(String);

@@ -8,8 +8,9 @@
 use serde_json::{Map, Value, json};
 
 use super::validate;
-use crate::update_id::{UpdateId, kind};
+use crate::update_id::UpdateId;
 use crate::validation::Violation;
+use crate::validation::json_type_name as kind;
 
 /// The Microsoft handler ids `az` accepts; another handler starting with `microsoft` is refused
 /// unless validation is off.

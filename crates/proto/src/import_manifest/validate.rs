@@ -16,7 +16,8 @@ use std::ops::RangeInclusive;
 use serde_json::{Map, Value};
 
 use super::model::{MAX_TOTAL_SIZE, ManifestVersion, decode_sha256};
-use crate::update_id::{kind, validate_update_id};
+use crate::update_id::validate_update_id;
+use crate::validation::json_type_name as kind;
 use crate::validation::{Pointer, Report, Violation};
 
 /// Checks an import manifest and returns every violation, in document order; empty when valid.

@@ -16,6 +16,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use crate::validation::json_type_name as kind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -94,18 +95,6 @@ pub enum TwinError {
 
 fn show_pointer(at: &str) -> &str {
     if at.is_empty() { "/" } else { at }
-}
-
-/// The JSON type name of a value, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ use indexmap::IndexMap;
 
 use super::{FileEntry, FullManifest, InlineStep, ReferenceStep, RelatedFile, Step, UpdateManifest};
 use super::{file_id, manifest_file_content, manifest_file_name};
-use crate::b64;
 use crate::import_manifest::{self, ImportManifest, ManifestVersion};
 use crate::update_id::UpdateId;
 
@@ -176,16 +175,7 @@ pub fn generate(
                 let content = manifest_file_content(child.manifest_json);
                 let file_name = manifest_file_name(child_id);
                 let id = file_id(update_id, &file_name);
-                let mut hashes = IndexMap::new();
-                hashes.insert("sha256".to_owned(), b64::sha256_std(&content));
-                let entry = FileEntry {
-                    file_name,
-                    size_in_bytes: content.len() as u64,
-                    hashes,
-                    properties: None,
-                    related_files: Vec::new(),
-                    download_handler: None,
-                };
+                let entry = FileEntry::for_content(file_name, &content);
                 if !table.files.contains_key(&id) {
                     table.insert(
                         id.clone(),

@@ -145,6 +145,20 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// The entry of a file with this name and content (size and SHA-256 computed).
+    pub fn for_content(file_name: String, content: &[u8]) -> Self {
+        let mut hashes = IndexMap::new();
+        hashes.insert("sha256".to_owned(), b64::sha256_std(content));
+        Self {
+            file_name,
+            size_in_bytes: content.len() as u64,
+            hashes,
+            properties: None,
+            related_files: Vec::new(),
+            download_handler: None,
+        }
+    }
+
     /// The standard-base64 SHA-256, if present.
     pub fn sha256(&self) -> Option<&str> {
         self.hashes.get("sha256").map(String::as_str)
@@ -764,20 +778,11 @@ pub fn detach(full: &FullManifest) -> Detached {
     let content = manifest_file_content(&full.to_service_json());
     let file_name = manifest_file_name(&full.update_id);
     let id = file_id(&full.update_id, &file_name);
-    let mut hashes = IndexMap::new();
-    hashes.insert("sha256".to_owned(), b64::sha256_std(&content));
     let manifest = DetachedManifest {
         manifest_version: full.manifest_version.clone(),
         update_id: full.update_id.clone(),
         detached_manifest_file_id: id,
-        file: FileEntry {
-            file_name,
-            size_in_bytes: content.len() as u64,
-            hashes,
-            properties: None,
-            related_files: Vec::new(),
-            download_handler: None,
-        },
+        file: FileEntry::for_content(file_name, &content),
     };
     let json = manifest.to_service_json();
     Detached { manifest, json, file_content: content }

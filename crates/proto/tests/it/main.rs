@@ -2,6 +2,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod import_manifest;
+#[cfg(feature = "signer")]
+mod properties;
+#[cfg(feature = "signer")]
+mod signing;
 mod support;
 mod twin;
 mod update_manifest;

@@ -170,9 +170,9 @@ fn root_key_package_vectors() {
     for name in ["prod-rootkeys_compact.json", "prod-rootkeys_pretty.json"] {
         let package = RootKeyPackage::parse(&read(&format!("vectors/rootkeys/{name}"))).unwrap();
         assert_eq!(package.validate(&production), Ok(()), "{name}");
-        assert_eq!(package.version, 1);
-        assert_eq!(package.published, 1_675_972_876);
-        assert!(!package.is_test);
+        assert_eq!(package.content.version, 1);
+        assert_eq!(package.content.published, 1_675_972_876);
+        assert!(!package.content.is_test);
     }
     for name in ["disabledRootKeyProd.json", "disabledSigningKeyProd.json"] {
         let package = RootKeyPackage::parse(&read(&format!("vectors/rootkeys/{name}"))).unwrap();
@@ -181,10 +181,10 @@ fn root_key_package_vectors() {
         assert_eq!(package.validate(&production[1..]).unwrap_err().extended_result_code.0, 0x8060_0003, "{name}");
     }
     let disabled_root = RootKeyPackage::parse(&read("vectors/rootkeys/disabledRootKeyProd.json")).unwrap();
-    assert_eq!(disabled_root.disabled_root_keys, vec!["ADU.200702.R".to_owned()]);
+    assert_eq!(disabled_root.content.disabled_root_keys, vec!["ADU.200702.R".to_owned()]);
     let disabled_signing = RootKeyPackage::parse(&read("vectors/rootkeys/disabledSigningKeyProd.json")).unwrap();
     assert_eq!(
-        duhub_proto::b64::encode_url(&disabled_signing.disabled_signing_keys[0].hash),
+        duhub_proto::b64::encode_url(&disabled_signing.content.disabled_signing_keys[0].hash),
         "q5xF2ARjhdtH-kaLNTwZAMoXdy0iJQjziQ_AyZWDPRA"
     );
 
@@ -198,7 +198,7 @@ fn root_key_package_vectors() {
     // rootkey1 / rootkey2: their own listed keys are the anchors; neither signature verifies.
     for name in ["rootkeypackage_utils-rootkeypackage.json", "rootkeyfiles-rootkey.json"] {
         let package = RootKeyPackage::parse(&read(&format!("vectors/rootkeys/{name}"))).unwrap();
-        let own = package.root_keys.clone();
+        let own = package.content.root_keys.clone();
         assert_eq!(package.validate(&own).unwrap_err().extended_result_code.0, 0x8060_0004, "{name}");
         assert_eq!(package.validate(&own[1..]).unwrap_err().extended_result_code.0, 0x8060_0004, "{name}");
     }
