@@ -788,6 +788,36 @@ pub fn detach(full: &FullManifest) -> Detached {
     Detached { manifest, json, file_content: content }
 }
 
+/// How a manifest goes into a twin: inline, or detached when its string is longer than
+/// [`MAX_INLINE_MANIFEST_BYTES`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TwinManifest {
+    /// The full manifest string, to sign and send as is.
+    Inline(String),
+    /// The mini manifest to sign and send, and the file holding the full one.
+    Detached(Detached),
+}
+
+impl TwinManifest {
+    /// The string to sign and put into `updateManifest`.
+    pub fn json(&self) -> &str {
+        match self {
+            Self::Inline(json) => json,
+            Self::Detached(detached) => &detached.json,
+        }
+    }
+}
+
+/// Chooses between sending `full` inline and detached, by size.
+pub fn for_twin(full: &FullManifest) -> TwinManifest {
+    let json = full.to_service_json();
+    if json.len() <= MAX_INLINE_MANIFEST_BYTES {
+        TwinManifest::Inline(json)
+    } else {
+        TwinManifest::Detached(detach(full))
+    }
+}
+
 /// Formats a creation time the way the service does: UTC, 7 fractional digits,
 /// e.g. `2022-01-27T13:45:05.8993329Z`.
 pub fn format_created_date_time(unix_seconds: i64, nanoseconds: u32) -> String {

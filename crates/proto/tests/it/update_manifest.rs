@@ -194,3 +194,18 @@ fn malformed_manifests_are_errors_not_panics() {
         assert!(UpdateManifest::parse(text).is_err(), "{text}");
     }
 }
+
+#[test]
+fn manifests_too_large_for_a_twin_are_detached() {
+    let UpdateManifest::Full(mut full) = UpdateManifest::parse(&service_manifest(SERVICE_SIGNED[0])).unwrap() else {
+        panic!()
+    };
+    let update_manifest::TwinManifest::Inline(inline) = update_manifest::for_twin(&full) else { panic!("small") };
+    assert_eq!(inline, service_manifest(SERVICE_SIGNED[0]));
+    let Step::Inline(step) = &mut full.steps[0] else { panic!() };
+    step.handler_properties.as_mut().unwrap().insert("arguments".into(), "x".repeat(5000).into());
+    let twin = update_manifest::for_twin(&full);
+    let update_manifest::TwinManifest::Detached(detached) = &twin else { panic!("large") };
+    assert!(twin.json().len() <= update_manifest::MAX_INLINE_MANIFEST_BYTES);
+    assert_eq!(update_manifest::read_manifest_file(&detached.file_content).unwrap(), full.to_service_json());
+}
