@@ -213,7 +213,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
     /// Trust Microsoft's test root keys (agents built with EMBED_TEST_ROOT_KEYS) instead.
-    #[arg(long, conflicts_with_all = ["keys", "root_keys"])]
+    #[arg(long, conflicts_with_all = ["keys", "root_keys", "root_key"])]
     pub test_roots: bool,
     /// Print {"valid", "extendedResultCode", "detail"}.
     #[arg(long)]

@@ -17,7 +17,7 @@ use crate::output::{Outcome, print_json};
 
 pub(super) fn sign(args: &SignArgs) -> Result<Outcome> {
     let text = read(&args.manifest)?;
-    let manifest = update_manifest_text(&text).with_context(|| format!("reading {}", args.manifest.display()))?;
+    let manifest = update_manifest_text(&text).with_context(|| format!("in {}", args.manifest.display()))?;
     let signer = KeyStore::at(&args.keys).signer()?;
     let signature = jws::sign_update_manifest(&manifest, &signer.sjwk, &signer.key);
     tracing::info!(signing_key = %signer.kid, "signed update manifest");
@@ -62,6 +62,9 @@ pub(super) fn verify(args: &VerifyArgs) -> Result<Outcome> {
         .with_context(|| format!("reading {}", args.file.display()))?
         .with_context(|| format!("{} holds no update manifest or signature", args.file.display()))?;
     let service = &located.service;
+    if service.update_manifest.is_none() && service.update_manifest_signature.is_none() {
+        bail!("{} holds no update manifest to verify (a cancel or an empty deployment)", args.file.display());
+    }
     let verdict =
         store.verify_update_manifest(service.update_manifest_text(), service.update_manifest_signature.as_deref());
     let (valid, code, detail) = match &verdict {
@@ -124,7 +127,12 @@ fn trust_store(args: &VerifyArgs) -> Result<TrustStore> {
             })
         }
         None if anchors.is_empty() => Ok(TrustStore::production()),
-        None => Ok(TrustStore::new(anchors)),
+        None => {
+            eprintln!(
+                "warning: no root key package given (--root-keys): disabled root and signing keys are not checked"
+            );
+            Ok(TrustStore::new(anchors))
+        }
     }
 }
 

@@ -64,9 +64,9 @@ pub struct GeneratedUpdate {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GenerateError {
     /// A reference step names an update that was not given.
-    #[error("reference step {step} needs update {update_id}, which is not imported")]
+    #[error("reference step {} needs update {update_id}, which is not imported", step + 1)]
     MissingChild {
-        /// Zero-based step index.
+        /// Zero-based step index (messages count from 1).
         step: usize,
         /// The update it names.
         update_id: UpdateId,
@@ -86,9 +86,9 @@ pub enum GenerateError {
         detail: String,
     },
     /// An inline step names a file that is not in `files`.
-    #[error("step {step} names file \"{file_name}\", which is not in files")]
+    #[error("step {} names file \"{file_name}\", which is not in files", step + 1)]
     UnknownFile {
-        /// Zero-based step index.
+        /// Zero-based step index (messages count from 1).
         step: usize,
         /// The file name.
         file_name: String,

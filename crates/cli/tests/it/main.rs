@@ -1,0 +1,11 @@
+//! Integration tests of the `duhub` binary: every test runs the built executable as a process and
+//! checks its exit code, stdout, stderr and the files it writes.
+//!
+//! Exit codes under test: 0 success or valid, 1 invalid (validate/verify), 2 usage or I/O error.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod keys;
+mod manifest;
+mod support;
+mod update;
