@@ -795,7 +795,7 @@ pub enum TwinManifest {
     /// The full manifest string, to sign and send as is.
     Inline(String),
     /// The mini manifest to sign and send, and the file holding the full one.
-    Detached(Detached),
+    Detached(Box<Detached>),
 }
 
 impl TwinManifest {
@@ -814,7 +814,7 @@ pub fn for_twin(full: &FullManifest) -> TwinManifest {
     if json.len() <= MAX_INLINE_MANIFEST_BYTES {
         TwinManifest::Inline(json)
     } else {
-        TwinManifest::Detached(detach(full))
+        TwinManifest::Detached(Box::new(detach(full)))
     }
 }
 
