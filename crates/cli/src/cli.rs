@@ -32,6 +32,106 @@ pub enum Command {
     /// Sign and verify update manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Run the server: MQTT device endpoint, twins, device registry and REST APIs.
+    ///
+    /// On first start it creates the data directory with an SQLite database, a private CA and
+    /// server certificate, and a service access key, and prints how to connect. Settings come
+    /// from --config (TOML), DUHUB_* environment variables and these flags, in rising priority.
+    Serve(ServeArgs),
+    /// Print the default server settings as TOML (a starting point for --config).
+    PrintDefaultConfig,
+    /// Manage device identities on a running server.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+/// Arguments of `duhub serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Settings file (TOML); see `duhub print-default-config`.
+    #[arg(long, env = "DUHUB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./duhub-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Host name in connection strings and the server certificate [default: localhost].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
+    /// HTTPS port: REST APIs and MQTT over WebSocket [default: 8443; 0 = any free port].
+    #[arg(long, value_name = "N")]
+    pub https_port: Option<u16>,
+    /// MQTT over TLS port [default: 8883; 0 = any free port].
+    #[arg(long, value_name = "N")]
+    pub mqtt_port: Option<u16>,
+    /// Also accept plain-TCP MQTT on this port (trusted networks and tests only).
+    #[arg(long, value_name = "N")]
+    pub mqtt_plain_port: Option<u16>,
+    /// sqlite://FILE or postgres://USER@HOST/DB [default: SQLite in the data directory].
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Print the startup summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `duhub device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Create a device identity with symmetric keys (generated unless given).
+    Create(DeviceCreateArgs),
+    /// List device identities.
+    List(AdminArgs),
+    /// Show a device identity.
+    Show(DeviceIdArgs),
+    /// Delete a device identity and its twin.
+    Delete(DeviceIdArgs),
+    /// Print a device's connection string.
+    ConnectionString(DeviceIdArgs),
+}
+
+/// How CLI commands find the server: `admin.json`, written by `duhub serve`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The server's admin.json [default: ./duhub-data/admin.json].
+    #[arg(long, env = "DUHUB_ADMIN", value_name = "FILE")]
+    pub admin: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A device id and the server.
+#[derive(Debug, Args)]
+pub struct DeviceIdArgs {
+    /// Device id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `duhub device create`.
+#[derive(Debug, Args)]
+pub struct DeviceCreateArgs {
+    /// Device id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Primary key (base64); generated when omitted.
+    #[arg(long, value_name = "BASE64")]
+    pub primary_key: Option<String>,
+    /// Secondary key (base64); generated when omitted.
+    #[arg(long, value_name = "BASE64")]
+    pub secondary_key: Option<String>,
+    /// Create the device disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Where the server is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// `duhub update ...`

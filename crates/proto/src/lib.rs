@@ -22,11 +22,15 @@ pub mod validation;
 
 pub use update_id::UpdateId;
 pub use validation::{Pointer, Report, Violation};
+pub mod connection_string;
 pub mod import_manifest;
+pub mod iothub;
 pub mod jws;
 pub mod keys;
 pub mod result;
 pub mod root_key;
+pub mod sas;
 pub mod trust;
 pub mod twin;
+pub mod twin_doc;
 pub mod update_manifest;

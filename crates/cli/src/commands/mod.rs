@@ -1,14 +1,16 @@
 //! The commands, one module per command group. Each returns an [`Outcome`] or an error
 //! (which becomes exit code 2).
 
+mod device;
 mod keys;
 mod manifest;
+mod serve;
 mod update;
 
 use anyhow::Result;
 use clap::{ArgMatches, FromArgMatches as _};
 
-use crate::cli::{Cli, Command, InitCommand, KeysCommand, ManifestCommand, UpdateCommand};
+use crate::cli::{Cli, Command, DeviceCommand, InitCommand, KeysCommand, ManifestCommand, UpdateCommand};
 use crate::output::Outcome;
 
 /// Runs the parsed command.
@@ -27,5 +29,15 @@ pub fn dispatch(matches: &ArgMatches) -> Result<Outcome> {
         Command::Keys(KeysCommand::Show(args)) => keys::show(&args),
         Command::Manifest(ManifestCommand::Sign(args)) => manifest::sign(&args),
         Command::Manifest(ManifestCommand::Verify(args)) => manifest::verify(&args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::PrintDefaultConfig => {
+            print!("{}", duhub_server::config::Settings::default_toml());
+            Ok(Outcome::Success)
+        }
+        Command::Device(DeviceCommand::Create(args)) => device::create(&args),
+        Command::Device(DeviceCommand::List(args)) => device::list(&args),
+        Command::Device(DeviceCommand::Show(args)) => device::show(&args),
+        Command::Device(DeviceCommand::Delete(args)) => device::delete(&args),
+        Command::Device(DeviceCommand::ConnectionString(args)) => device::connection_string(&args),
     }
 }

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod import_manifest;
+mod iothub;
 #[cfg(feature = "signer")]
 mod properties;
 #[cfg(feature = "signer")]

@@ -1,0 +1,177 @@
+//! `duhub device ...`: device identities through the server's REST API, authorised with the
+//! service policy from `admin.json`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use duhub_proto::connection_string::ConnectionString;
+use duhub_server::server::Admin;
+use serde_json::{Value, json};
+
+use crate::cli::{AdminArgs, DeviceCreateArgs, DeviceIdArgs};
+use crate::output::{Outcome, print_json};
+
+/// The IoT Hub service API version the SDKs send.
+const API_VERSION: &str = "2021-04-12";
+
+/// A REST client for the server named by `admin.json`.
+struct Service {
+    admin: Admin,
+    client: reqwest::Client,
+    key: Vec<u8>,
+    policy: String,
+    host: String,
+}
+
+impl Service {
+    fn connect(args: &AdminArgs) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let path = args.admin.clone().unwrap_or_else(|| PathBuf::from("duhub-data/admin.json"));
+        let admin = duhub_server::server::read_admin(&path).with_context(|| {
+            format!("cannot read {} (start the server with `duhub serve`, or give --admin FILE)", path.display())
+        })?;
+        let ca = std::fs::read(&admin.ca_certificate)
+            .with_context(|| format!("reading the CA certificate {}", admin.ca_certificate.display()))?;
+        let certificate = reqwest::Certificate::from_pem(&ca).context("parsing the CA certificate")?;
+        let client = reqwest::Client::builder()
+            .tls_certs_only([certificate])
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTPS client")?;
+        let connection = ConnectionString::parse(&admin.service_connection_string)
+            .context("admin.json has an invalid serviceConnectionString")?;
+        let key = connection.key_bytes().context("admin.json has an invalid service key")?;
+        let policy = connection.shared_access_key_name.clone().unwrap_or_else(|| "iothubowner".into());
+        Ok(Self { host: connection.host_name.clone(), admin, client, key, policy })
+    }
+
+    fn authorization(&self) -> String {
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600;
+        duhub_proto::sas::generate(&self.host, &self.key, expiry, Some(&self.policy))
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+        let url = format!("{}{path}?api-version={API_VERSION}", self.admin.https_url);
+        let mut request = self.client.request(method.clone(), &url).header("Authorization", self.authorization());
+        if method == reqwest::Method::DELETE {
+            request = request.header("If-Match", "\"*\"");
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("{method} {url}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("ExceptionMessage").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{method} {path}: {status}: {message}");
+        }
+        Ok(if text.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&text).context("the server's answer is not JSON")?)
+        })
+    }
+
+    fn device_connection_string(&self, device: &Value) -> Option<String> {
+        let id = device.get("deviceId")?.as_str()?;
+        let key = device.pointer("/authentication/symmetricKey/primaryKey")?.as_str()?;
+        Some(ConnectionString::device(&self.admin.mqtt_host, id, key).to_string())
+    }
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?.block_on(future)
+}
+
+fn print_device(service: &Service, mut device: Value, json_output: bool) -> Result<Outcome> {
+    let connection_string = service.device_connection_string(&device);
+    if json_output {
+        device["connectionString"] = connection_string.map(Value::String).unwrap_or(Value::Null);
+        print_json(&device)?;
+    } else {
+        let field = |p: &str| device.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+        println!("device {}", field("/deviceId"));
+        println!("  status:            {}", field("/status"));
+        println!("  connection state:  {}", field("/connectionState"));
+        println!("  model id:          {}", field("/modelId"));
+        println!("  connection string: {}", connection_string.unwrap_or_default());
+    }
+    Ok(Outcome::Success)
+}
+
+pub(super) fn create(args: &DeviceCreateArgs) -> Result<Outcome> {
+    let service = Service::connect(&args.admin)?;
+    let mut keys = serde_json::Map::new();
+    if let Some(key) = &args.primary_key {
+        keys.insert("primaryKey".into(), key.clone().into());
+    }
+    if let Some(key) = &args.secondary_key {
+        keys.insert("secondaryKey".into(), key.clone().into());
+    }
+    let body = json!({
+        "deviceId": args.id,
+        "status": if args.disabled { "disabled" } else { "enabled" },
+        "authentication": {"symmetricKey": keys, "type": "sas"},
+        "capabilities": {"iotEdge": false},
+    });
+    let path = format!("/devices/{}", duhub_proto::sas::percent_encode(&args.id));
+    let device = block_on(service.call(reqwest::Method::PUT, &path, Some(body)))?.unwrap_or_default();
+    print_device(&service, device, args.admin.json)
+}
+
+pub(super) fn list(args: &AdminArgs) -> Result<Outcome> {
+    let service = Service::connect(args)?;
+    let devices = block_on(service.call(reqwest::Method::GET, "/devices", None))?.unwrap_or_else(|| json!([]));
+    if args.json {
+        print_json(&devices)?;
+        return Ok(Outcome::Success);
+    }
+    for device in devices.as_array().into_iter().flatten() {
+        let field = |p: &str| device.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+        println!(
+            "{:<32} {:<9} {:<13} {}",
+            field("/deviceId"),
+            field("/status"),
+            field("/connectionState"),
+            field("/modelId")
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+pub(super) fn show(args: &DeviceIdArgs) -> Result<Outcome> {
+    let service = Service::connect(&args.admin)?;
+    let path = format!("/devices/{}", duhub_proto::sas::percent_encode(&args.id));
+    let device = block_on(service.call(reqwest::Method::GET, &path, None))?.unwrap_or_default();
+    print_device(&service, device, args.admin.json)
+}
+
+pub(super) fn delete(args: &DeviceIdArgs) -> Result<Outcome> {
+    let service = Service::connect(&args.admin)?;
+    let path = format!("/devices/{}", duhub_proto::sas::percent_encode(&args.id));
+    block_on(service.call(reqwest::Method::DELETE, &path, None))?;
+    if args.admin.json {
+        print_json(&json!({"deleted": args.id}))?;
+    } else {
+        println!("deleted device {}", args.id);
+    }
+    Ok(Outcome::Success)
+}
+
+pub(super) fn connection_string(args: &DeviceIdArgs) -> Result<Outcome> {
+    let service = Service::connect(&args.admin)?;
+    let path = format!("/devices/{}", duhub_proto::sas::percent_encode(&args.id));
+    let device = block_on(service.call(reqwest::Method::GET, &path, None))?.unwrap_or_default();
+    let connection_string = service.device_connection_string(&device).context("the device has no symmetric key")?;
+    if args.admin.json {
+        print_json(&json!({"deviceId": args.id, "connectionString": connection_string}))?;
+    } else {
+        println!("{connection_string}");
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,102 @@
+//! `duhub serve`: run a node until Ctrl-C or SIGTERM.
+
+use anyhow::{Context as _, Result};
+use duhub_server::config::{Config, Settings};
+use serde_json::json;
+
+use crate::cli::ServeArgs;
+use crate::output::{Outcome, print_json};
+
+pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut settings = Settings::defaults();
+    if let Some(path) = &args.config {
+        settings = settings.overridden_by(Settings::from_file(path)?);
+    }
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    settings = settings.overridden_by(Settings::from_env(&env)?);
+    settings = settings.overridden_by(Settings {
+        data_dir: args.data_dir.clone(),
+        hostname: args.hostname.clone(),
+        bind: args.bind,
+        https_port: args.https_port,
+        mqtt_port: args.mqtt_port,
+        mqtt_plain_port: args.mqtt_plain_port,
+        database_url: args.database_url.clone(),
+    });
+    let config = Config::resolve(settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let running = duhub_server::server::start(&config).await?;
+        if args.json {
+            print_json(&json!({
+                "https": running.https.to_string(),
+                "mqtt": running.mqtt.to_string(),
+                "mqttPlain": running.mqtt_plain.map(|a| a.to_string()),
+                "admin": running.admin_path,
+                "caCertificate": running.admin.ca_certificate,
+                "serviceConnectionString": running.admin.service_connection_string,
+                "database": duhub_server::server::redact(&config.database_url),
+            }))?;
+        } else {
+            banner(&config, &running);
+        }
+        wait_for_stop().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(Outcome::Success)
+}
+
+fn banner(config: &Config, running: &duhub_server::server::Running) {
+    let admin = &running.admin;
+    println!("duhub is running (data in {})", config.data_dir.display());
+    println!("  REST API and MQTT over WebSocket: {} (listening on {})", admin.https_url, running.https);
+    println!(
+        "  MQTT over TLS:                    {}:{} (listening on {})",
+        admin.mqtt_host, admin.mqtt_port, running.mqtt
+    );
+    if let Some(plain) = running.mqtt_plain {
+        println!("  MQTT without TLS:                 {plain} (trusted networks only)");
+    }
+    println!("  database:                         {}", duhub_server::server::redact(&config.database_url));
+    println!();
+    println!("The server's certificate is issued by a private CA. Trust it where devices and tools connect:");
+    println!("  CA certificate: {}", admin.ca_certificate.display());
+    println!("  curl --cacert {} {}/devices ...", admin.ca_certificate.display(), admin.https_url);
+    println!(
+        "  Python SDKs: server_verification_cert=open(\"{}\").read(), or REQUESTS_CA_BUNDLE",
+        admin.ca_certificate.display()
+    );
+    println!(
+        "  system-wide (Debian): cp {} /usr/local/share/ca-certificates/duhub.crt && update-ca-certificates",
+        admin.ca_certificate.display()
+    );
+    println!();
+    println!("Service connection string (keep it secret): {}", admin.service_connection_string);
+    println!("CLI commands on this machine read {}.", running.admin_path.display());
+    println!("Create a device:  duhub device create my-device");
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,174 @@
+//! The device endpoint: MQTT 3.1.1 sessions as IoT Hub speaks them (twin GET, reported and
+//! desired patches), and the registry of connected devices on this node.
+//!
+//! One task per connection ([`connection`]); no thread per device. The registry maps a device
+//! id to its live session so that desired patches reach it and a second connection replaces
+//! the first (on this node directly, on other nodes through [`Event::SessionOpened`]).
+
+mod connection;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::store::{Event, Store};
+
+/// What the hub tells a live session.
+#[derive(Debug, Clone)]
+pub(crate) enum Command {
+    /// Deliver a desired patch (with `$version`).
+    Desired(Value),
+    /// Close the connection.
+    Close(&'static str),
+}
+
+struct Session {
+    connection: u64,
+    commands: mpsc::Sender<Command>,
+}
+
+/// Limits and names the hub enforces.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// The host name devices' SAS tokens must name.
+    pub hostname: String,
+    /// Largest MQTT packet accepted.
+    pub max_packet_bytes: usize,
+    /// How long a client has to send CONNECT.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl HubSettings {
+    /// Defaults for `hostname`.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            max_packet_bytes: 256 * 1024 + 1024,
+            connect_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// The device endpoint of one node.
+pub struct Hub {
+    store: Store,
+    settings: HubSettings,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_connection: AtomicU64,
+}
+
+impl Hub {
+    /// A hub over `store`; starts the task that routes store events to sessions.
+    pub fn start(store: Store, settings: HubSettings) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            store,
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&hub);
+        let mut events = hub.store.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "hub fell behind the event stream; devices catch up with a twin GET");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(hub) = weak.upgrade() else { return };
+                hub.on_event(event).await;
+            }
+        });
+        hub
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Number of devices connected to this node.
+    pub fn connected(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Serves one device connection (TLS already terminated) until it ends.
+    pub async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        connection::run(self, stream, peer, id).await;
+    }
+
+    async fn on_event(&self, event: Event) {
+        match event {
+            Event::DesiredChanged { device_id, version, patch } => {
+                let Some(sender) = self.sender(&device_id) else { return };
+                let patch = match patch {
+                    Some(patch) => Some(patch),
+                    None => self.store.desired_patch(&device_id, version).await.ok().flatten(),
+                };
+                match patch {
+                    Some(patch) => {
+                        let _ = sender.try_send(Command::Desired(patch));
+                    }
+                    // The patch is gone: make the device reconnect, which makes it GET the twin.
+                    None => {
+                        let _ = sender.try_send(Command::Close("desired patch no longer available"));
+                    }
+                }
+            }
+            Event::SessionOpened { device_id, session } => {
+                if !session.starts_with(&format!("{}/", self.store.node_id())) {
+                    self.close(&device_id, "the device connected to another node");
+                }
+            }
+            Event::DeviceRevoked { device_id } => {
+                self.close(&device_id, "the device was deleted, disabled or re-keyed")
+            }
+        }
+    }
+
+    fn sender(&self, device_id: &str) -> Option<mpsc::Sender<Command>> {
+        let sessions = self.sessions.lock().ok()?;
+        sessions.get(device_id).map(|s| s.commands.clone())
+    }
+
+    fn close(&self, device_id: &str, reason: &'static str) {
+        let removed = self.sessions.lock().ok().and_then(|mut s| s.remove(device_id));
+        if let Some(session) = removed {
+            let _ = session.commands.try_send(Command::Close(reason));
+        }
+    }
+
+    /// Makes `connection` the session of `device_id`, closing the one it replaces.
+    fn register(&self, device_id: &str, connection: u64, commands: mpsc::Sender<Command>) {
+        let previous = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|mut s| s.insert(device_id.to_owned(), Session { connection, commands }));
+        if let Some(previous) = previous {
+            let _ = previous.commands.try_send(Command::Close("a new connection with the same device id replaced it"));
+        }
+    }
+
+    /// Removes the session if it is still `connection`'s; returns whether it was.
+    fn unregister(&self, device_id: &str, connection: u64) -> bool {
+        let Ok(mut sessions) = self.sessions.lock() else { return false };
+        if sessions.get(device_id).is_some_and(|s| s.connection == connection) {
+            sessions.remove(device_id);
+            return true;
+        }
+        false
+    }
+}

@@ -1,0 +1,10 @@
+//! The duhub server: device registry, device twins, the IoT Hub compatible MQTT endpoint for
+//! devices and the REST APIs for operators and services.
+
+pub mod config;
+pub mod fs;
+pub mod hub;
+pub mod rest;
+pub mod server;
+pub mod store;
+pub mod tls;

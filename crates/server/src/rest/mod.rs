@@ -1,0 +1,34 @@
+//! The IoT Hub service REST subset that Microsoft's `azure-iot-hub` SDK calls: device identities
+//! and twins, authorised by a shared access policy's SAS token.
+
+mod auth;
+mod devices;
+mod error;
+mod twins;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use error::ApiError;
+
+use crate::hub::Hub;
+
+/// What REST handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// The hub (and through it the store).
+    pub hub: Arc<Hub>,
+    /// The host name service tokens must name.
+    pub hostname: String,
+}
+
+/// The REST router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
+        .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
+        .with_state(state)
+}

@@ -1,0 +1,237 @@
+//! Starting and stopping a node: bootstrap the data directory, open the store, bind the
+//! listeners (MQTT/TLS, optional plain MQTT, HTTPS), write `admin.json`, serve until told to
+//! stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use base64::Engine as _;
+use duhub_proto::connection_string::ConnectionString;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::hub::{Hub, HubSettings};
+use crate::rest::{self, AppState};
+use crate::store::{self, Store};
+use crate::tls::TlsFiles;
+
+/// The shared access policy with all rights, as IoT Hub names it.
+pub const OWNER_POLICY: &str = "iothubowner";
+
+/// What a node writes to `<data_dir>/admin.json` (mode 0600) for CLI commands on the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Admin {
+    /// `HostName=<host>:<https port>;SharedAccessKeyName=iothubowner;SharedAccessKey=...`.
+    pub service_connection_string: String,
+    /// Bearer token for the Device Update REST API.
+    pub api_token: String,
+    /// Path of the CA certificate to trust.
+    pub ca_certificate: PathBuf,
+    /// `https://<host>:<port>`.
+    pub https_url: String,
+    /// Host name devices connect to.
+    pub mqtt_host: String,
+    /// MQTT/TLS port.
+    pub mqtt_port: u16,
+}
+
+/// A running node.
+pub struct Running {
+    /// Where HTTPS listens.
+    pub https: SocketAddr,
+    /// Where MQTT/TLS listens.
+    pub mqtt: SocketAddr,
+    /// Where plain MQTT listens, if enabled.
+    pub mqtt_plain: Option<SocketAddr>,
+    /// The admin settings written to `admin.json`.
+    pub admin: Admin,
+    /// Path of `admin.json`.
+    pub admin_path: PathBuf,
+    /// The hub.
+    pub hub: Arc<Hub>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes connections, and waits (at most a few seconds) for tasks.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { break },
+                () = &mut deadline => { self.tasks.abort_all(); break }
+            }
+        }
+    }
+}
+
+/// Boots a node from `config`.
+pub async fn start(config: &Config) -> Result<Running> {
+    crate::fs::create_private_dir(&config.data_dir)?;
+    let tls = TlsFiles::in_data_dir(&config.data_dir);
+    if tls.ensure(&config.hostname)? {
+        tracing::info!(ca = %tls.ca_cert.display(), "created the TLS certificates");
+    }
+    let acceptor = TlsAcceptor::from(tls.server_config()?);
+    let node_id = format!("{:016x}", random_u64());
+    let store = Store::open(&config.database_url, &node_id)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;
+    let policy_key = store.ensure_policy(OWNER_POLICY).await?;
+    let hub = Hub::start(store.clone(), HubSettings::new(&config.hostname));
+
+    let mqtt_listener = bind(config, config.mqtt_port).await?;
+    let https_listener = bind(config, config.https_port).await?;
+    let plain_listener = match config.mqtt_plain_port {
+        Some(port) => Some(bind(config, port).await?),
+        None => None,
+    };
+    let mqtt = mqtt_listener.local_addr()?;
+    let https = https_listener.local_addr()?;
+    let mqtt_plain = plain_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+
+    let admin_path = config.data_dir.join("admin.json");
+    let api_token = match read_admin(&admin_path) {
+        Some(previous) => previous.api_token,
+        None => {
+            let mut bytes = [0u8; 32];
+            store::fill_random(&mut bytes);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        }
+    };
+    store.add_api_token("admin", &api_token).await?;
+    let host_with_port =
+        if https.port() == 443 { config.hostname.clone() } else { format!("{}:{}", config.hostname, https.port()) };
+    let admin = Admin {
+        service_connection_string: ConnectionString::service(&host_with_port, OWNER_POLICY, &policy_key).to_string(),
+        api_token,
+        ca_certificate: std::path::absolute(&tls.ca_cert).unwrap_or(tls.ca_cert.clone()),
+        https_url: format!("https://{host_with_port}"),
+        mqtt_host: config.hostname.clone(),
+        mqtt_port: mqtt.port(),
+    };
+    crate::fs::write_private(&admin_path, serde_json::to_string_pretty(&admin)?.as_bytes())?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(accept_mqtt(mqtt_listener, Some(acceptor.clone()), hub.clone(), stopped.clone()));
+    if let Some(listener) = plain_listener {
+        tasks.spawn(accept_mqtt(listener, None, hub.clone(), stopped.clone()));
+    }
+    let app = rest::router(AppState { hub: hub.clone(), hostname: config.hostname.clone() });
+    tasks.spawn(accept_https(https_listener, acceptor, app, stopped));
+    Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, stop, tasks })
+}
+
+async fn bind(config: &Config, port: u16) -> Result<TcpListener> {
+    let address = SocketAddr::new(config.bind, port);
+    TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))
+}
+
+/// Reads a previous `admin.json`, if any.
+pub fn read_admin(path: &std::path::Path) -> Option<Admin> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+async fn accept_mqtt(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    hub: Arc<Hub>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting an MQTT connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let hub = hub.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tls {
+                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => hub.serve(stream, peer).await,
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                None => hub.serve(stream, peer).await,
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+}
+
+async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router, mut stopped: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting an HTTPS connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let tls = tls.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(error) =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).await
+            {
+                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    store::fill_random(&mut bytes);
+    u64::from_be_bytes(bytes)
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,69 @@
+//! Schema creation and upgrades: numbered steps, applied in order and recorded in
+//! `schema_version`.
+
+use sqlx::AnyPool;
+
+use super::{Backend, StoreError};
+
+/// The steps, in SQL that SQLite and PostgreSQL both accept. Never edit a released step; add a
+/// new one.
+const STEPS: &[&str] = &["CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        primary_key TEXT NOT NULL,
+        secondary_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        status_reason TEXT,
+        etag TEXT NOT NULL,
+        generation_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        connection_state TEXT NOT NULL DEFAULT 'Disconnected',
+        connection_state_updated TEXT,
+        last_activity TEXT,
+        model_id TEXT,
+        tags TEXT NOT NULL DEFAULT '{}',
+        desired TEXT NOT NULL DEFAULT '{}',
+        desired_version BIGINT NOT NULL DEFAULT 1,
+        reported TEXT NOT NULL DEFAULT '{}',
+        reported_version BIGINT NOT NULL DEFAULT 1,
+        twin_version BIGINT NOT NULL DEFAULT 1
+    );
+    CREATE TABLE desired_patches (
+        device_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        patch TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, version)
+    );
+    CREATE TABLE access_policies (
+        name TEXT PRIMARY KEY,
+        primary_key TEXT NOT NULL,
+        secondary_key TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );"];
+
+/// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an
+/// advisory lock serialises them).
+pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(74220331)").execute(&mut *tx).await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut *tx).await?;
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(&mut *tx).await?;
+    let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+    for (index, step) in STEPS.iter().enumerate().skip(current) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*step)).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(i64::try_from(index + 1).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
