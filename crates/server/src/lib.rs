@@ -8,3 +8,4 @@ pub mod rest;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ws;

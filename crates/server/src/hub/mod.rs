@@ -90,6 +90,11 @@ impl Hub {
         hub
     }
 
+    /// The limits and names it enforces.
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

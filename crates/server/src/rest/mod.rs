@@ -30,5 +30,6 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
+        .route(crate::ws::PATH, get(crate::ws::upgrade))
         .with_state(state)
 }
