@@ -62,8 +62,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes connections, and waits (at most a few seconds) for tasks.
+    /// Stops accepting, closes device sessions (recording them as disconnected), and waits at
+    /// most a few seconds for connections to finish.
     pub async fn shutdown(mut self) {
+        self.hub.close_all("the server is shutting down");
         let _ = self.stop.send(true);
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
@@ -178,7 +180,18 @@ async fn accept_mqtt(
         });
         while connections.try_join_next().is_some() {}
     }
-    connections.abort_all();
+    drain(connections).await;
+}
+
+/// Lets running connections finish for a moment, then aborts the rest.
+async fn drain(mut connections: JoinSet<()>) {
+    let finished = tokio::time::timeout(Duration::from_secs(3), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        connections.abort_all();
+    }
 }
 
 async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router, mut stopped: watch::Receiver<bool>) {
@@ -214,7 +227,7 @@ async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router
         });
         while connections.try_join_next().is_some() {}
     }
-    connections.abort_all();
+    drain(connections).await;
 }
 
 fn random_u64() -> u64 {

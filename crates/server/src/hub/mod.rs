@@ -143,6 +143,15 @@ impl Hub {
         }
     }
 
+    /// Asks every session on this node to close (at shutdown).
+    pub fn close_all(&self, reason: &'static str) {
+        let sessions: Vec<mpsc::Sender<Command>> =
+            self.sessions.lock().map(|s| s.values().map(|s| s.commands.clone()).collect()).unwrap_or_default();
+        for commands in sessions {
+            let _ = commands.try_send(Command::Close(reason));
+        }
+    }
+
     fn sender(&self, device_id: &str) -> Option<mpsc::Sender<Command>> {
         let sessions = self.sessions.lock().ok()?;
         sessions.get(device_id).map(|s| s.commands.clone())
