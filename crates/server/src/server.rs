@@ -185,10 +185,8 @@ async fn accept_mqtt(
 
 /// Lets running connections finish for a moment, then aborts the rest.
 async fn drain(mut connections: JoinSet<()>) {
-    let finished = tokio::time::timeout(Duration::from_secs(3), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let finished =
+        tokio::time::timeout(Duration::from_secs(3), async { while connections.join_next().await.is_some() {} }).await;
     if finished.is_err() {
         connections.abort_all();
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +210,8 @@ pub struct Store {
     backend: Backend,
     events: broadcast::Sender<Event>,
     node_id: Arc<str>,
+    /// SQLite: the single writer of twin changes.
+    writer: Option<mpsc::Sender<(TwinChange, ChangeReply)>>,
 }
 
 const NOTIFY_CHANNEL: &str = "duhub_events";
@@ -230,7 +232,7 @@ impl Store {
         let pool = match backend {
             Backend::Sqlite => {
                 options
-                    .max_connections(4)
+                    .max_connections(6)
                     .after_connect(|connection, _| {
                         Box::pin(async move {
                             use sqlx::Executor as _;
@@ -249,8 +251,16 @@ impl Store {
             Backend::Postgres => options.max_connections(16).connect(url).await?,
         };
         let (events, _) = broadcast::channel(4096);
-        let store = Self { pool, backend, events, node_id: node_id.into() };
-        schema::migrate(&store.pool, backend).await?;
+        schema::migrate(&pool, backend).await?;
+        let writer = match backend {
+            Backend::Sqlite => {
+                let (sender, receiver) = mpsc::channel(4096);
+                tokio::spawn(run_writer(pool.acquire().await?, receiver));
+                Some(sender)
+            }
+            Backend::Postgres => None,
+        };
+        let store = Self { pool, backend, events, node_id: node_id.into(), writer };
         if backend == Backend::Postgres {
             store.listen(url).await?;
         }
@@ -457,13 +467,7 @@ impl Store {
 
     /// A device's twin.
     pub async fn twin(&self, device_id: &str) -> Result<Twin, StoreError> {
-        let row = sqlx::query(
-            "SELECT device_id, tags, desired, desired_version, reported, reported_version, twin_version, model_id, \
-             status, connection_state FROM devices WHERE device_id = $1",
-        )
-        .bind(device_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(TWIN_SELECT).bind(device_id).fetch_optional(&self.pool).await?;
         row.map(|r| twin_from_row(&r)).transpose()?.ok_or_else(|| StoreError::NotFound(device_id.to_owned()))
     }
 
@@ -475,29 +479,17 @@ impl Store {
         patch: &Value,
         if_match: Option<&str>,
     ) -> Result<Twin, StoreError> {
-        self.change_twin(device_id, if_match, |twin| {
-            twin.desired = twin_doc::apply_patch(&twin.desired, patch, Section::Desired)?;
-            Ok(Change { desired_patch: Some(strip_version(patch)), reported: false })
-        })
-        .await
+        self.change_twin(device_id, if_match, TwinEdit::Desired(patch.clone())).await
     }
 
     /// Applies a reported-properties merge patch (from the device); returns the new twin.
     pub async fn patch_reported(&self, device_id: &str, patch: &Value) -> Result<Twin, StoreError> {
-        self.change_twin(device_id, None, |twin| {
-            twin.reported = twin_doc::apply_patch(&twin.reported, patch, Section::Reported)?;
-            Ok(Change { desired_patch: None, reported: true })
-        })
-        .await
+        self.change_twin(device_id, None, TwinEdit::Reported(patch.clone())).await
     }
 
     /// Applies a tags merge patch.
     pub async fn patch_tags(&self, device_id: &str, patch: &Value, if_match: Option<&str>) -> Result<Twin, StoreError> {
-        self.change_twin(device_id, if_match, |twin| {
-            twin.tags = twin_doc::apply_patch(&twin.tags, patch, Section::Tags)?;
-            Ok(Change { desired_patch: None, reported: false })
-        })
-        .await
+        self.change_twin(device_id, if_match, TwinEdit::Tags(patch.clone())).await
     }
 
     /// Replaces tags and desired properties (IoT Hub's twin PUT); reported properties stay.
@@ -508,26 +500,8 @@ impl Store {
         desired: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Twin, StoreError> {
-        self.change_twin(device_id, if_match, |twin| {
-            if let Some(tags) = tags {
-                twin.tags = twin_doc::apply_patch(&Map::new(), tags, Section::Tags)?;
-            }
-            let mut desired_patch = None;
-            if let Some(desired) = desired {
-                let replacement = twin_doc::apply_patch(&Map::new(), desired, Section::Desired)?;
-                // The patch devices receive: the new document plus nulls for removed members.
-                let mut patch = replacement.clone();
-                for key in twin.desired.keys() {
-                    if !replacement.contains_key(key) {
-                        patch.insert(key.clone(), Value::Null);
-                    }
-                }
-                twin.desired = replacement;
-                desired_patch = Some(patch);
-            }
-            Ok(Change { desired_patch, reported: false })
-        })
-        .await
+        let edit = TwinEdit::Replace { tags: tags.cloned(), desired: desired.cloned() };
+        self.change_twin(device_id, if_match, edit).await
     }
 
     /// The desired patch that produced `version`, with `$version`, if still recorded.
@@ -544,89 +518,44 @@ impl Store {
         .transpose()
     }
 
-    /// Reads, changes and writes a twin with optimistic concurrency, retrying on conflict.
-    async fn change_twin<F>(&self, device_id: &str, if_match: Option<&str>, change: F) -> Result<Twin, StoreError>
-    where
-        F: Fn(&mut Twin) -> Result<Change, StoreError>,
-    {
-        for _attempt in 0..20 {
-            let mut twin = self.twin(device_id).await?;
-            if let Some(etag) = if_match.filter(|e| *e != "*")
-                && etag != twin.etag()
-            {
-                return Err(StoreError::PreconditionFailed);
-            }
-            let read_version = twin.version;
-            let Change { desired_patch, reported } = change(&mut twin)?;
-            twin.version += 1;
-            if desired_patch.is_some() {
-                twin.desired_version += 1;
-            }
-            if reported {
-                twin.reported_version += 1;
-            }
-            let mut tx = self.pool.begin().await?;
-            let updated = sqlx::query(
-                "UPDATE devices SET tags = $1, desired = $2, desired_version = $3, reported = $4, \
-                 reported_version = $5, twin_version = $6 WHERE device_id = $7 AND twin_version = $8",
-            )
-            .bind(Value::Object(twin.tags.clone()).to_string())
-            .bind(Value::Object(twin.desired.clone()).to_string())
-            .bind(twin.desired_version)
-            .bind(Value::Object(twin.reported.clone()).to_string())
-            .bind(twin.reported_version)
-            .bind(twin.version)
-            .bind(device_id)
-            .bind(read_version)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                tx.rollback().await?;
-                continue;
-            }
-            let mut event = None;
-            if let Some(mut patch) = desired_patch {
-                patch.insert("$version".into(), twin.desired_version.into());
-                let patch = Value::Object(patch);
-                sqlx::query(
-                    "INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(device_id)
-                .bind(twin.desired_version)
-                .bind(patch.to_string())
-                .bind(now_rfc3339())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM desired_patches WHERE device_id = $1 AND version <= $2")
-                    .bind(device_id)
-                    .bind(twin.desired_version - DESIRED_PATCHES_KEPT)
-                    .execute(&mut *tx)
-                    .await?;
-                let changed = Event::DesiredChanged {
-                    device_id: device_id.to_owned(),
-                    version: twin.desired_version,
-                    patch: None,
-                };
-                if self.backend == Backend::Postgres {
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(NOTIFY_CHANNEL)
-                        .bind(self.wire_event(&changed).to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                event = Some(Event::DesiredChanged {
-                    device_id: device_id.to_owned(),
-                    version: twin.desired_version,
-                    patch: Some(patch),
-                });
-            }
-            tx.commit().await?;
+    /// Changes a twin durably. On SQLite the single writer task batches concurrent changes into
+    /// one transaction (one fsync for many devices); on PostgreSQL each change is its own
+    /// transaction, retried on a concurrent change.
+    async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
+        let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
+        if let Some(writer) = &self.writer {
+            let (reply, answer) = oneshot::channel();
+            writer
+                .send((request, reply))
+                .await
+                .map_err(|_| StoreError::Invalid("the store is shutting down".into()))?;
+            let (twin, event) =
+                answer.await.map_err(|_| StoreError::Invalid("the store is shutting down".into()))??;
             if let Some(event) = event {
                 let _ = self.events.send(event);
             }
             return Ok(twin);
         }
+        for _attempt in 0..20 {
+            let mut tx = self.pool.begin().await?;
+            match apply_change(&mut tx, &request, self.notify_payload()).await {
+                Ok((twin, event)) => {
+                    tx.commit().await?;
+                    if let Some(event) = event {
+                        let _ = self.events.send(event);
+                    }
+                    return Ok(twin);
+                }
+                Err(ChangeError::Conflict) => tx.rollback().await?,
+                Err(ChangeError::Store(error)) => return Err(error),
+            }
+        }
         Err(StoreError::Invalid("the twin is changing too fast; try again".into()))
+    }
+
+    /// How `NOTIFY` payloads are stamped with this node (PostgreSQL only).
+    fn notify_payload(&self) -> Option<Arc<str>> {
+        (self.backend == Backend::Postgres).then(|| self.node_id.clone())
     }
 
     // ----- service access policies ---------------------------------------------------------------
@@ -683,9 +612,198 @@ impl Store {
 /// How many desired patches are kept per device for delivery by other nodes.
 const DESIRED_PATCHES_KEPT: i64 = 64;
 
+/// A change to a twin, owned so it can be sent to the writer task.
+#[derive(Debug, Clone)]
+enum TwinEdit {
+    Desired(Value),
+    Reported(Value),
+    Tags(Value),
+    Replace { tags: Option<Value>, desired: Option<Value> },
+}
+
+/// What applying a [`TwinEdit`] changed.
 struct Change {
     desired_patch: Option<Map<String, Value>>,
     reported: bool,
+}
+
+impl TwinEdit {
+    fn apply(&self, twin: &mut Twin) -> Result<Change, StoreError> {
+        match self {
+            Self::Desired(patch) => {
+                twin.desired = twin_doc::apply_patch(&twin.desired, patch, Section::Desired)?;
+                Ok(Change { desired_patch: Some(strip_version(patch)), reported: false })
+            }
+            Self::Reported(patch) => {
+                twin.reported = twin_doc::apply_patch(&twin.reported, patch, Section::Reported)?;
+                Ok(Change { desired_patch: None, reported: true })
+            }
+            Self::Tags(patch) => {
+                twin.tags = twin_doc::apply_patch(&twin.tags, patch, Section::Tags)?;
+                Ok(Change { desired_patch: None, reported: false })
+            }
+            Self::Replace { tags, desired } => {
+                if let Some(tags) = tags {
+                    twin.tags = twin_doc::apply_patch(&Map::new(), tags, Section::Tags)?;
+                }
+                let mut desired_patch = None;
+                if let Some(desired) = desired {
+                    let replacement = twin_doc::apply_patch(&Map::new(), desired, Section::Desired)?;
+                    // Devices receive the new document plus nulls for the removed members.
+                    let mut patch = replacement.clone();
+                    for key in twin.desired.keys() {
+                        if !replacement.contains_key(key) {
+                            patch.insert(key.clone(), Value::Null);
+                        }
+                    }
+                    twin.desired = replacement;
+                    desired_patch = Some(patch);
+                }
+                Ok(Change { desired_patch, reported: false })
+            }
+        }
+    }
+}
+
+/// One requested twin change.
+#[derive(Debug)]
+struct TwinChange {
+    device_id: String,
+    if_match: Option<String>,
+    edit: TwinEdit,
+}
+
+type ChangeReply = oneshot::Sender<Result<(Twin, Option<Event>), StoreError>>;
+
+enum ChangeError {
+    /// Another writer changed the twin since it was read (PostgreSQL); retry.
+    Conflict,
+    Store(StoreError),
+}
+
+impl<E: Into<StoreError>> From<E> for ChangeError {
+    fn from(error: E) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+const TWIN_SELECT: &str = "SELECT device_id, tags, desired, desired_version, reported, reported_version, \
+     twin_version, model_id, status, connection_state FROM devices WHERE device_id = $1";
+
+/// Reads, changes and writes one twin inside `tx`; the caller commits. With `notify_node` set
+/// (PostgreSQL), other nodes are notified in the same transaction.
+async fn apply_change(
+    tx: &mut sqlx::AnyConnection,
+    request: &TwinChange,
+    notify_node: Option<Arc<str>>,
+) -> Result<(Twin, Option<Event>), ChangeError> {
+    let device_id = request.device_id.as_str();
+    let row = sqlx::query(TWIN_SELECT).bind(device_id).fetch_optional(&mut *tx).await?;
+    let mut twin =
+        row.map(|r| twin_from_row(&r)).transpose()?.ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
+    if let Some(etag) = request.if_match.as_deref().filter(|e| *e != "*")
+        && etag != twin.etag()
+    {
+        return Err(ChangeError::Store(StoreError::PreconditionFailed));
+    }
+    let read_version = twin.version;
+    let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
+    twin.version += 1;
+    if desired_patch.is_some() {
+        twin.desired_version += 1;
+    }
+    if reported {
+        twin.reported_version += 1;
+    }
+    let updated = sqlx::query(
+        "UPDATE devices SET tags = $1, desired = $2, desired_version = $3, reported = $4, \
+         reported_version = $5, twin_version = $6 WHERE device_id = $7 AND twin_version = $8",
+    )
+    .bind(Value::Object(twin.tags.clone()).to_string())
+    .bind(Value::Object(twin.desired.clone()).to_string())
+    .bind(twin.desired_version)
+    .bind(Value::Object(twin.reported.clone()).to_string())
+    .bind(twin.reported_version)
+    .bind(twin.version)
+    .bind(device_id)
+    .bind(read_version)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ChangeError::Conflict);
+    }
+    let Some(mut patch) = desired_patch else { return Ok((twin, None)) };
+    patch.insert("$version".into(), twin.desired_version.into());
+    let patch = Value::Object(patch);
+    sqlx::query("INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(device_id)
+        .bind(twin.desired_version)
+        .bind(patch.to_string())
+        .bind(now_rfc3339())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM desired_patches WHERE device_id = $1 AND version <= $2")
+        .bind(device_id)
+        .bind(twin.desired_version - DESIRED_PATCHES_KEPT)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(node) = notify_node {
+        let payload = serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": twin.desired_version});
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(payload.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let event =
+        Event::DesiredChanged { device_id: device_id.to_owned(), version: twin.desired_version, patch: Some(patch) };
+    Ok((twin, Some(event)))
+}
+
+/// The SQLite writer: takes every pending change (up to a batch), applies them in one
+/// transaction and answers each after the commit.
+async fn run_writer(
+    mut connection: sqlx::pool::PoolConnection<sqlx::Any>,
+    mut requests: mpsc::Receiver<(TwinChange, ChangeReply)>,
+) {
+    const BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(BATCH);
+    while requests.recv_many(&mut batch, BATCH).await > 0 {
+        let outcome = write_batch(&mut connection, &batch).await;
+        match outcome {
+            Ok(results) => {
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing a batch of twin changes failed");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Invalid(format!("the database write failed: {error}"))));
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(
+    connection: &mut sqlx::AnyConnection,
+    batch: &[(TwinChange, ChangeReply)],
+) -> Result<Vec<Result<(Twin, Option<Event>), StoreError>>, StoreError> {
+    use sqlx::Connection as _;
+    let mut tx = connection.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (request, _) in batch {
+        results.push(match apply_change(&mut tx, request, None).await {
+            Ok(done) => Ok(done),
+            // One writer: a conflict means someone wrote around it (e.g. by hand); report it.
+            Err(ChangeError::Conflict) => Err(StoreError::Invalid("the twin changed concurrently; try again".into())),
+            Err(ChangeError::Store(StoreError::Database(error))) => return Err(StoreError::Database(error)),
+            Err(ChangeError::Store(error)) => Err(error),
+        });
+    }
+    tx.commit().await?;
+    Ok(results)
 }
 
 fn strip_version(patch: &Value) -> Map<String, Value> {
