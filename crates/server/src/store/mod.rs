@@ -287,26 +287,12 @@ impl Store {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
-                .bind(self.wire_event(&event).to_string())
+                .bind(wire_event(&self.node_id, &event).to_string())
                 .execute(&self.pool)
                 .await?;
         }
         let _ = self.events.send(event);
         Ok(())
-    }
-
-    fn wire_event(&self, event: &Event) -> Value {
-        match event {
-            Event::DesiredChanged { device_id, version, .. } => {
-                serde_json::json!({"node": &*self.node_id, "kind": "desired", "device": device_id, "version": version})
-            }
-            Event::SessionOpened { device_id, session } => {
-                serde_json::json!({"node": &*self.node_id, "kind": "session", "device": device_id, "session": session})
-            }
-            Event::DeviceRevoked { device_id } => {
-                serde_json::json!({"node": &*self.node_id, "kind": "revoked", "device": device_id})
-            }
-        }
     }
 
     async fn listen(&self, url: &str) -> Result<(), StoreError> {
@@ -865,6 +851,20 @@ fn twin_from_row(row: &AnyRow) -> Result<Twin, StoreError> {
     })
 }
 
+/// An event as other nodes receive it through `NOTIFY` (patches are read from the table: a
+/// notification carries at most 8000 bytes).
+fn wire_event(node: &str, event: &Event) -> Value {
+    match event {
+        Event::DesiredChanged { device_id, version, .. } => {
+            serde_json::json!({"node": node, "kind": "desired", "device": device_id, "version": version})
+        }
+        Event::SessionOpened { device_id, session } => {
+            serde_json::json!({"node": node, "kind": "session", "device": device_id, "session": session})
+        }
+        Event::DeviceRevoked { device_id } => serde_json::json!({"node": node, "kind": "revoked", "device": device_id}),
+    }
+}
+
 fn parse_wire_event(payload: &str, own_node: &str) -> Option<Event> {
     let value: Value = serde_json::from_str(payload).ok()?;
     if value.get("node").and_then(Value::as_str) == Some(own_node) {
@@ -965,5 +965,47 @@ fn sqlite_url_with_create(url: &str) -> String {
         format!("{url}&mode=rwc")
     } else {
         format!("{url}?mode=rwc")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_cross_nodes_without_their_patch() {
+        let events = [
+            Event::DesiredChanged { device_id: "d1".into(), version: 7, patch: Some(serde_json::json!({"a": 1})) },
+            Event::SessionOpened { device_id: "d1".into(), session: "n1/3".into() },
+            Event::DeviceRevoked { device_id: "d1".into() },
+        ];
+        for event in events {
+            let payload = wire_event("n1", &event).to_string();
+            assert_eq!(parse_wire_event(&payload, "n1"), None, "a node ignores its own events");
+            let received = parse_wire_event(&payload, "n2").unwrap();
+            match (&event, received) {
+                (Event::DesiredChanged { version, .. }, Event::DesiredChanged { version: v, patch, .. }) => {
+                    assert_eq!((*version, patch), (v, None));
+                }
+                (expected, received) => assert_eq!(expected, &received),
+            }
+        }
+        assert_eq!(parse_wire_event("{}", "n2"), None);
+        assert_eq!(parse_wire_event("not json", "n2"), None);
+    }
+
+    #[test]
+    fn etags_are_big_endian_versions() {
+        assert_eq!(etag_of(1), "AAAAAAAAAAE=");
+        assert_eq!(etag_version(&etag_of(12345)), 12345);
+        assert_eq!(etag_version("garbage"), 0);
+    }
+
+    #[test]
+    fn device_ids_follow_iot_hub_rules() {
+        assert!(validate_device_id("dev-1.a_b:c@d").is_ok());
+        assert!(validate_device_id("").is_err());
+        assert!(validate_device_id("a/b").is_err());
+        assert!(validate_device_id(&"x".repeat(129)).is_err());
     }
 }
