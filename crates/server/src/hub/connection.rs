@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Command, Hub};
-use crate::store::{DeviceStatus, StoreError};
+use crate::store::{DeviceStatus, MqttSession, StoreError};
 
 /// Why a connection ended (for the log).
 #[derive(Debug)]
@@ -77,6 +77,10 @@ struct Identity {
     device_id: String,
     model_id: Option<String>,
     keep_alive: u16,
+    /// `clean_session=0`: the session (its subscriptions) outlives the connection.
+    persistent: bool,
+    /// The stored session this connection resumes, if any.
+    resumed: Option<MqttSession>,
 }
 
 pub(super) async fn run<S>(hub: Arc<Hub>, stream: S, peer: SocketAddr, connection: u64)
@@ -117,13 +121,25 @@ where
     if let Err(error) = hub.store.set_connection(&device_id, true, identity.model_id.as_deref()).await {
         tracing::warn!(%error, device = %device_id, "could not record the connection");
     }
-    if conn.send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false))).await.is_err() {
+    // MQTT 3.1.1 §3.1.2.4: a clean session discards any stored one; otherwise it is resumed or
+    // created, and CONNACK says whether one was present.
+    let session_present = identity.resumed.is_some();
+    let stored = match (identity.persistent, session_present) {
+        (false, _) => hub.store.set_mqtt_session(&device_id, None).await,
+        (true, false) => hub.store.set_mqtt_session(&device_id, Some(MqttSession::default())).await,
+        (true, true) => Ok(()),
+    };
+    if let Err(error) = stored {
+        tracing::warn!(%error, device = %device_id, "could not store the MQTT session");
+    }
+    if conn.send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present))).await.is_err() {
         hub.unregister(&device_id, connection);
         return;
     }
     tracing::info!(%peer, device = %device_id, model = identity.model_id.as_deref().unwrap_or(""), "device connected");
 
-    let mut state = SessionState { desired_subscribed: false, next_pkid: 1 };
+    let mut state =
+        SessionState { desired_subscribed: identity.resumed.is_some_and(|session| session.desired), next_pkid: 1 };
     let end = serve(&hub, &mut conn, &identity, &mut inbox, &mut state).await;
     tracing::info!(%peer, device = %device_id, %end, "device disconnected");
     if hub.unregister(&device_id, connection)
@@ -201,6 +217,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, conn: &mut C
         device_id: device_id.to_owned(),
         model_id: username.model_id().map(str::to_owned),
         keep_alive: connect.keep_alive,
+        persistent: !connect.clean_session,
+        resumed: if connect.clean_session { None } else { device.mqtt_session },
     })
 }
 
@@ -274,18 +292,31 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                     codes.push(SubscribeReasonCode::Failure);
                 }
             }
+            remember_subscriptions(hub, identity, state).await;
             conn.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes))).await
         }
         Packet::Unsubscribe(unsubscribe) => {
             if unsubscribe.topics.iter().any(|t| iothub::filter_matches(t, &iothub::desired_patch_topic(1))) {
                 state.desired_subscribed = false;
             }
+            remember_subscriptions(hub, identity, state).await;
             conn.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))).await
         }
         Packet::PubAck(_) => Ok(()),
         Packet::Publish(publish) => on_publish(hub, conn, identity, publish).await,
         Packet::Connect(_) => Err(End::Protocol("a second CONNECT".into())),
         other => Err(End::Protocol(format!("unexpected packet {other:?}"))),
+    }
+}
+
+/// Stores the subscriptions of a persistent session so that the next connection resumes them.
+async fn remember_subscriptions(hub: &Hub, identity: &Identity, state: &SessionState) {
+    if !identity.persistent {
+        return;
+    }
+    let session = MqttSession { desired: state.desired_subscribed };
+    if let Err(error) = hub.store.set_mqtt_session(&identity.device_id, Some(session)).await {
+        tracing::warn!(%error, device = %identity.device_id, "could not store the MQTT session");
     }
 }
 

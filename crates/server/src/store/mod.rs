@@ -105,6 +105,17 @@ pub struct Device {
     pub model_id: Option<String>,
     /// When the device was created (RFC 3339).
     pub created: String,
+    /// The persistent MQTT session (`clean_session=0`), if one exists.
+    pub mqtt_session: Option<MqttSession>,
+}
+
+/// What an MQTT session with `clean_session=0` keeps between connections: IoT Hub keeps the
+/// subscriptions, and Microsoft's SDKs subscribe only once per session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttSession {
+    /// Subscribed to desired-property patches.
+    pub desired: bool,
 }
 
 /// What a device identity is created or updated with.
@@ -446,6 +457,18 @@ impl Store {
             .execute(&self.pool)
             .await?;
         }
+        Ok(())
+    }
+
+    /// Stores (or with `None` ends) a device's persistent MQTT session.
+    pub async fn set_mqtt_session(&self, device_id: &str, session: Option<MqttSession>) -> Result<(), StoreError> {
+        let text =
+            session.map(|s| serde_json::to_string(&s)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE devices SET mqtt_session = $1 WHERE device_id = $2")
+            .bind(text)
+            .bind(device_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -802,7 +825,7 @@ fn strip_version(patch: &Value) -> Map<String, Value> {
 macro_rules! device_columns {
     () => {
         "device_id, primary_key, secondary_key, status, status_reason, etag, generation_id, connection_state, \
-         connection_state_updated, last_activity, model_id, created_at"
+         connection_state_updated, last_activity, model_id, created_at, mqtt_session"
     };
 }
 
@@ -825,6 +848,10 @@ fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
         last_activity: row.try_get("last_activity")?,
         model_id: row.try_get("model_id")?,
         created: row.try_get("created_at")?,
+        mqtt_session: row
+            .try_get::<Option<String>, _>("mqtt_session")?
+            .map(|text| serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("mqtt_session: {e}"))))
+            .transpose()?,
     })
 }
 

@@ -20,6 +20,7 @@ const STEPS: &[&str] = &["CREATE TABLE devices (
         connection_state_updated TEXT,
         last_activity TEXT,
         model_id TEXT,
+        mqtt_session TEXT,
         tags TEXT NOT NULL DEFAULT '{}',
         desired TEXT NOT NULL DEFAULT '{}',
         desired_version BIGINT NOT NULL DEFAULT 1,
