@@ -118,19 +118,16 @@ where
     {
         tracing::warn!(%error, "could not announce the session to other nodes");
     }
-    if let Err(error) = hub.store.set_connection(&device_id, true, identity.model_id.as_deref()).await {
-        tracing::warn!(%error, device = %device_id, "could not record the connection");
-    }
     // MQTT 3.1.1 §3.1.2.4: a clean session discards any stored one; otherwise it is resumed or
     // created, and CONNACK says whether one was present.
     let session_present = identity.resumed.is_some();
-    let stored = match (identity.persistent, session_present) {
-        (false, _) => hub.store.set_mqtt_session(&device_id, None).await,
-        (true, false) => hub.store.set_mqtt_session(&device_id, Some(MqttSession::default())).await,
-        (true, true) => Ok(()),
+    let session = match (identity.persistent, session_present) {
+        (false, _) => Some(None),
+        (true, false) => Some(Some(MqttSession::default())),
+        (true, true) => None,
     };
-    if let Err(error) = stored {
-        tracing::warn!(%error, device = %device_id, "could not store the MQTT session");
+    if let Err(error) = hub.store.set_connection(&device_id, true, identity.model_id.as_deref(), session).await {
+        tracing::warn!(%error, device = %device_id, "could not record the connection");
     }
     if conn.send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present))).await.is_err() {
         hub.unregister(&device_id, connection);
@@ -143,7 +140,7 @@ where
     let end = serve(&hub, &mut conn, &identity, &mut inbox, &mut state).await;
     tracing::info!(%peer, device = %device_id, %end, "device disconnected");
     if hub.unregister(&device_id, connection)
-        && let Err(error) = hub.store.set_connection(&device_id, false, None).await
+        && let Err(error) = hub.store.set_connection(&device_id, false, None, None).await
     {
         tracing::warn!(%error, device = %device_id, "could not record the disconnection");
     }

@@ -221,8 +221,8 @@ pub struct Store {
     backend: Backend,
     events: broadcast::Sender<Event>,
     node_id: Arc<str>,
-    /// SQLite: the single writer of twin changes.
-    writer: Option<mpsc::Sender<(TwinChange, ChangeReply)>>,
+    /// SQLite: the single writer of twins, connection states and sessions.
+    writer: Option<mpsc::Sender<(Write, WriteReply)>>,
 }
 
 const NOTIFY_CHANNEL: &str = "duhub_events";
@@ -429,47 +429,28 @@ impl Store {
         self.publish(Event::DeviceRevoked { device_id: device_id.to_owned() }).await
     }
 
-    /// Records a connection or disconnection (and the model id announced at connect).
+    /// Records a connection or disconnection (and the model id announced at connect), and
+    /// optionally stores (`Some(Some(_))`) or ends (`Some(None)`) the device's persistent MQTT
+    /// session in the same write.
     pub async fn set_connection(
         &self,
         device_id: &str,
         connected: bool,
         model_id: Option<&str>,
+        session: Option<Option<MqttSession>>,
     ) -> Result<(), StoreError> {
-        let now = now_rfc3339();
-        if connected {
-            sqlx::query(
-                "UPDATE devices SET connection_state = 'Connected', connection_state_updated = $1, last_activity = $1, \
-                 model_id = $2 WHERE device_id = $3",
-            )
-            .bind(&now)
-            .bind(model_id)
-            .bind(device_id)
-            .execute(&self.pool)
-            .await?;
-        } else {
-            sqlx::query(
-                "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated = $1, \
-                 last_activity = $1 WHERE device_id = $2",
-            )
-            .bind(&now)
-            .bind(device_id)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
+        let job = Write::Connection {
+            device_id: device_id.to_owned(),
+            connected,
+            model_id: model_id.map(str::to_owned),
+            session,
+        };
+        self.write(job).await.map(|_| ())
     }
 
     /// Stores (or with `None` ends) a device's persistent MQTT session.
     pub async fn set_mqtt_session(&self, device_id: &str, session: Option<MqttSession>) -> Result<(), StoreError> {
-        let text =
-            session.map(|s| serde_json::to_string(&s)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE devices SET mqtt_session = $1 WHERE device_id = $2")
-            .bind(text)
-            .bind(device_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(Write::Session { device_id: device_id.to_owned(), session }).await.map(|_| ())
     }
 
     // ----- twins -------------------------------------------------------------------------------
@@ -527,33 +508,37 @@ impl Store {
         .transpose()
     }
 
-    /// Changes a twin durably. On SQLite the single writer task batches concurrent changes into
-    /// one transaction (one fsync for many devices); on PostgreSQL each change is its own
-    /// transaction, retried on a concurrent change.
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
         let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
+        match self.write(Write::Twin(request)).await? {
+            Written::Twin(twin) => Ok(twin),
+            Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
+        }
+    }
+
+    /// Performs a write durably. On SQLite the single writer task batches concurrent writes into
+    /// one transaction (one fsync for many devices); on PostgreSQL each write is its own
+    /// transaction, retried when a twin changed concurrently.
+    async fn write(&self, job: Write) -> Result<Written, StoreError> {
         if let Some(writer) = &self.writer {
             let (reply, answer) = oneshot::channel();
-            writer
-                .send((request, reply))
-                .await
-                .map_err(|_| StoreError::Invalid("the store is shutting down".into()))?;
-            let (twin, event) =
-                answer.await.map_err(|_| StoreError::Invalid("the store is shutting down".into()))??;
+            let closed = || StoreError::Invalid("the store is shutting down".into());
+            writer.send((job, reply)).await.map_err(|_| closed())?;
+            let (written, event) = answer.await.map_err(|_| closed())??;
             if let Some(event) = event {
                 let _ = self.events.send(event);
             }
-            return Ok(twin);
+            return Ok(written);
         }
         for _attempt in 0..20 {
             let mut tx = self.pool.begin().await?;
-            match apply_change(&mut tx, &request, self.notify_payload()).await {
-                Ok((twin, event)) => {
+            match apply_write(&mut tx, &job, self.notify_payload()).await {
+                Ok((written, event)) => {
                     tx.commit().await?;
                     if let Some(event) = event {
                         let _ = self.events.send(event);
                     }
-                    return Ok(twin);
+                    return Ok(written);
                 }
                 Err(ChangeError::Conflict) => tx.rollback().await?,
                 Err(ChangeError::Store(error)) => return Err(error),
@@ -682,7 +667,22 @@ struct TwinChange {
     edit: TwinEdit,
 }
 
-type ChangeReply = oneshot::Sender<Result<(Twin, Option<Event>), StoreError>>;
+/// One durable write.
+#[derive(Debug)]
+enum Write {
+    Twin(TwinChange),
+    Connection { device_id: String, connected: bool, model_id: Option<String>, session: Option<Option<MqttSession>> },
+    Session { device_id: String, session: Option<MqttSession> },
+}
+
+/// What a write produced.
+#[derive(Debug)]
+enum Written {
+    Twin(Twin),
+    Done,
+}
+
+type WriteReply = oneshot::Sender<Result<(Written, Option<Event>), StoreError>>;
 
 enum ChangeError {
     /// Another writer changed the twin since it was read (PostgreSQL); retry.
@@ -698,6 +698,58 @@ impl<E: Into<StoreError>> From<E> for ChangeError {
 
 const TWIN_SELECT: &str = "SELECT device_id, tags, desired, desired_version, reported, reported_version, \
      twin_version, model_id, status, connection_state FROM devices WHERE device_id = $1";
+
+/// Performs one write inside `tx`; the caller commits.
+async fn apply_write(
+    tx: &mut sqlx::AnyConnection,
+    job: &Write,
+    notify_node: Option<Arc<str>>,
+) -> Result<(Written, Option<Event>), ChangeError> {
+    match job {
+        Write::Twin(request) => {
+            let (twin, event) = apply_change(tx, request, notify_node).await?;
+            Ok((Written::Twin(twin), event))
+        }
+        Write::Connection { device_id, connected, model_id, session } => {
+            let now = now_rfc3339();
+            let state = if *connected { "Connected" } else { "Disconnected" };
+            sqlx::query(
+                "UPDATE devices SET connection_state = $1, connection_state_updated = $2, last_activity = $2, \
+                 model_id = CASE WHEN $3 THEN $4 ELSE model_id END WHERE device_id = $5",
+            )
+            .bind(state)
+            .bind(&now)
+            .bind(*connected)
+            .bind(model_id.as_deref())
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(session) = session {
+                store_session(tx, device_id, *session).await?;
+            }
+            Ok((Written::Done, None))
+        }
+        Write::Session { device_id, session } => {
+            store_session(tx, device_id, *session).await?;
+            Ok((Written::Done, None))
+        }
+    }
+}
+
+async fn store_session(
+    tx: &mut sqlx::AnyConnection,
+    device_id: &str,
+    session: Option<MqttSession>,
+) -> Result<(), ChangeError> {
+    let text =
+        session.map(|s| serde_json::to_string(&s)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query("UPDATE devices SET mqtt_session = $1 WHERE device_id = $2")
+        .bind(text)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
 
 /// Reads, changes and writes one twin inside `tx`; the caller commits. With `notify_node` set
 /// (PostgreSQL), other nodes are notified in the same transaction.
@@ -773,7 +825,7 @@ async fn apply_change(
 /// transaction and answers each after the commit.
 async fn run_writer(
     mut connection: sqlx::pool::PoolConnection<sqlx::Any>,
-    mut requests: mpsc::Receiver<(TwinChange, ChangeReply)>,
+    mut requests: mpsc::Receiver<(Write, WriteReply)>,
 ) {
     const BATCH: usize = 256;
     let mut batch = Vec::with_capacity(BATCH);
@@ -786,7 +838,7 @@ async fn run_writer(
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "writing a batch of twin changes failed");
+                tracing::error!(%error, "writing a batch failed");
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(StoreError::Invalid(format!("the database write failed: {error}"))));
                 }
@@ -797,13 +849,13 @@ async fn run_writer(
 
 async fn write_batch(
     connection: &mut sqlx::AnyConnection,
-    batch: &[(TwinChange, ChangeReply)],
-) -> Result<Vec<Result<(Twin, Option<Event>), StoreError>>, StoreError> {
+    batch: &[(Write, WriteReply)],
+) -> Result<Vec<Result<(Written, Option<Event>), StoreError>>, StoreError> {
     use sqlx::Connection as _;
     let mut tx = connection.begin().await?;
     let mut results = Vec::with_capacity(batch.len());
-    for (request, _) in batch {
-        results.push(match apply_change(&mut tx, request, None).await {
+    for (job, _) in batch {
+        results.push(match apply_write(&mut tx, job, None).await {
             Ok(done) => Ok(done),
             // One writer: a conflict means someone wrote around it (e.g. by hand); report it.
             Err(ChangeError::Conflict) => Err(StoreError::Invalid("the twin changed concurrently; try again".into())),
