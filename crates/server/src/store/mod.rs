@@ -511,7 +511,7 @@ impl Store {
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
         let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
         match self.write(Write::Twin(request)).await? {
-            Written::Twin(twin) => Ok(twin),
+            Written::Twin(twin) => Ok(*twin),
             Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
         }
     }
@@ -678,7 +678,7 @@ enum Write {
 /// What a write produced.
 #[derive(Debug)]
 enum Written {
-    Twin(Twin),
+    Twin(Box<Twin>),
     Done,
 }
 
@@ -708,7 +708,7 @@ async fn apply_write(
     match job {
         Write::Twin(request) => {
             let (twin, event) = apply_change(tx, request, notify_node).await?;
-            Ok((Written::Twin(twin), event))
+            Ok((Written::Twin(Box::new(twin)), event))
         }
         Write::Connection { device_id, connected, model_id, session } => {
             let now = now_rfc3339();
