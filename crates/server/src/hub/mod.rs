@@ -134,11 +134,11 @@ impl Hub {
             }
             Event::SessionOpened { device_id, session } => {
                 if !session.starts_with(&format!("{}/", self.store.node_id())) {
-                    self.close(&device_id, "the device connected to another node");
+                    self.close(&device_id, "the device connected to another node", true);
                 }
             }
             Event::DeviceRevoked { device_id } => {
-                self.close(&device_id, "the device was deleted, disabled or re-keyed")
+                self.close(&device_id, "the device was deleted, disabled or re-keyed", false)
             }
         }
     }
@@ -157,10 +157,18 @@ impl Hub {
         sessions.get(device_id).map(|s| s.commands.clone())
     }
 
-    fn close(&self, device_id: &str, reason: &'static str) {
-        let removed = self.sessions.lock().ok().and_then(|mut s| s.remove(device_id));
-        if let Some(session) = removed {
-            let _ = session.commands.try_send(Command::Close(reason));
+    /// Closes the device's session. With `taken_over` (it connected to another node) the session
+    /// is forgotten here at once, so that its end does not record the device as disconnected;
+    /// otherwise the ending session records it.
+    fn close(&self, device_id: &str, reason: &'static str, taken_over: bool) {
+        let Ok(mut sessions) = self.sessions.lock() else { return };
+        let commands = if taken_over {
+            sessions.remove(device_id).map(|s| s.commands)
+        } else {
+            sessions.get(device_id).map(|s| s.commands.clone())
+        };
+        if let Some(commands) = commands {
+            let _ = commands.try_send(Command::Close(reason));
         }
     }
 

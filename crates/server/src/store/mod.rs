@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database is temporarily unable to take the write.
+    #[error("{0}")]
+    Unavailable(String),
     /// Stored data could not be read back.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -830,7 +833,14 @@ async fn run_writer(
     const BATCH: usize = 256;
     let mut batch = Vec::with_capacity(BATCH);
     while requests.recv_many(&mut batch, BATCH).await > 0 {
-        let outcome = write_batch(&mut connection, &batch).await;
+        let mut outcome = write_batch(&mut connection, &batch).await;
+        for retry in 1..=3 {
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50 * retry)).await;
+            outcome = write_batch(&mut connection, &batch).await;
+        }
         match outcome {
             Ok(results) => {
                 for ((_, reply), result) in batch.drain(..).zip(results) {
@@ -840,7 +850,7 @@ async fn run_writer(
             Err(error) => {
                 tracing::error!(%error, "writing a batch failed");
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Invalid(format!("the database write failed: {error}"))));
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("the database write failed: {error}"))));
                 }
             }
         }
@@ -852,7 +862,9 @@ async fn write_batch(
     batch: &[(Write, WriteReply)],
 ) -> Result<Vec<Result<(Written, Option<Event>), StoreError>>, StoreError> {
     use sqlx::Connection as _;
-    let mut tx = connection.begin().await?;
+    // IMMEDIATE: take the write lock now, so a concurrent writer cannot make a later read-to-write
+    // upgrade fail with SQLITE_BUSY (which busy_timeout does not retry).
+    let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
     let mut results = Vec::with_capacity(batch.len());
     for (job, _) in batch {
         results.push(match apply_write(&mut tx, job, None).await {
