@@ -14,7 +14,6 @@
 //! half-written key or package behind.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -22,6 +21,7 @@ use duhub_proto::jws;
 use duhub_proto::keys::{self, SigningKeyPair};
 use duhub_proto::root_key::{self, DisabledSigningKey, PackageContent, RootKey, RootKeyPackage};
 use duhub_proto::trust::TrustStore;
+use duhub_server::fs::{create_private_dir, write_private, write_public};
 use serde::{Deserialize, Serialize};
 
 /// RSA modulus size of generated keys, as Microsoft's root and signing keys.
@@ -297,48 +297,4 @@ impl Clock {
         let hash = key.public_key().spki_sha256();
         format!("duhub.{kind}.{}.{:02x}{:02x}{:02x}", self.date, hash[0], hash[1], hash[2])
     }
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, bytes, 0o600)
-}
-
-fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, bytes, 0o644)
-}
-
-/// Writes to `<path>.tmp` with `mode`, syncs, then renames over `path`.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}tmp",
-        path.extension().map(|e| format!("{}.", e.to_string_lossy())).unwrap_or_default()
-    ));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    drop(file);
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
