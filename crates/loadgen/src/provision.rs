@@ -17,9 +17,7 @@ use crate::common::{API_VERSION, Admin, Progress, device_ids, device_key, print_
 struct Service {
     client: reqwest::Client,
     base: String,
-    host: String,
-    key: Vec<u8>,
-    policy: String,
+    service: ConnectionString,
 }
 
 impl Service {
@@ -31,15 +29,15 @@ impl Service {
             .timeout(Duration::from_secs(60))
             .build()
             .context("building the HTTPS client")?;
-        let connection = ConnectionString::parse(&admin.service_connection_string)
+        let service = ConnectionString::parse(&admin.service_connection_string)
             .context("admin.json has an invalid serviceConnectionString")?;
-        let key = connection.key_bytes().context("admin.json has an invalid service key")?;
-        let policy = connection.shared_access_key_name.clone().unwrap_or_else(|| "iothubowner".into());
-        Ok(Self { client, base: admin.https_url.clone(), host: connection.host_name.clone(), key, policy })
+        service.key_bytes().context("admin.json has an invalid service key")?;
+        Ok(Self { client, base: admin.https_url.clone(), service })
     }
 
     fn authorization(&self) -> String {
-        duhub_proto::sas::generate(&self.host, &self.key, unix_now() + 3600, Some(&self.policy))
+        // Invariant: the key was checked in `new`.
+        self.service.sas_token(unix_now() + 3600).unwrap_or_default()
     }
 
     fn url(&self, id: &str) -> String {

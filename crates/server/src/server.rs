@@ -146,38 +146,27 @@ pub fn read_admin(path: &std::path::Path) -> Option<Admin> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-async fn accept_mqtt(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    hub: Arc<Hub>,
-    mut stopped: watch::Receiver<bool>,
-) {
+/// Accepts connections until stopped, serving each with `serve` on its own task; at the end,
+/// lets running connections finish for a moment (see [`drain`]).
+async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, mut stopped: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting an MQTT connection failed");
+                    tracing::warn!(%error, "accepting an {what} connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stopped.changed() => break,
         };
-        let hub = hub.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => hub.serve(stream, peer).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
-                None => hub.serve(stream, peer).await,
-            }
-        });
+        connections.spawn(serve(stream, peer));
         while connections.try_join_next().is_some() {}
     }
     drain(connections).await;
@@ -192,28 +181,50 @@ async fn drain(mut connections: JoinSet<()>) {
     }
 }
 
-async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router, mut stopped: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting an HTTPS connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+/// The TLS handshake of an accepted connection, bounded in time.
+async fn handshake(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn accept_mqtt(listener: TcpListener, tls: Option<TlsAcceptor>, hub: Arc<Hub>, stopped: watch::Receiver<bool>) {
+    accept_loop(listener, "MQTT", stopped, move |stream, peer| {
+        let hub = hub.clone();
+        let tls = tls.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
+            match tls {
+                Some(tls) => {
+                    if let Some(stream) = handshake(&tls, stream, peer).await {
+                        hub.serve(stream, peer).await;
+                    }
                 }
-            },
-            _ = stopped.changed() => break,
-        };
+                None => hub.serve(stream, peer).await,
+            }
+        }
+    })
+    .await;
+}
+
+async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router, stopped: watch::Receiver<bool>) {
+    accept_loop(listener, "HTTPS", stopped, move |stream, peer| {
         let tls = tls.clone();
         let app = app.clone();
-        connections.spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
+        async move {
+            let Some(stream) = handshake(&tls, stream, peer).await else { return };
             let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -222,10 +233,9 @@ async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router
             {
                 tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
             }
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    drain(connections).await;
+        }
+    })
+    .await;
 }
 
 fn random_u64() -> u64 {

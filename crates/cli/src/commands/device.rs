@@ -19,9 +19,7 @@ const API_VERSION: &str = "2021-04-12";
 struct Service {
     admin: Admin,
     client: reqwest::Client,
-    key: Vec<u8>,
-    policy: String,
-    host: String,
+    service: ConnectionString,
 }
 
 impl Service {
@@ -39,16 +37,16 @@ impl Service {
             .timeout(Duration::from_secs(30))
             .build()
             .context("building the HTTPS client")?;
-        let connection = ConnectionString::parse(&admin.service_connection_string)
+        let service = ConnectionString::parse(&admin.service_connection_string)
             .context("admin.json has an invalid serviceConnectionString")?;
-        let key = connection.key_bytes().context("admin.json has an invalid service key")?;
-        let policy = connection.shared_access_key_name.clone().unwrap_or_else(|| "iothubowner".into());
-        Ok(Self { host: connection.host_name.clone(), admin, client, key, policy })
+        service.key_bytes().context("admin.json has an invalid service key")?;
+        Ok(Self { admin, client, service })
     }
 
     fn authorization(&self) -> String {
         let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600;
-        duhub_proto::sas::generate(&self.host, &self.key, expiry, Some(&self.policy))
+        // Invariant: the key was checked in `connect`.
+        self.service.sas_token(expiry).unwrap_or_default()
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
