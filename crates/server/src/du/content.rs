@@ -1,0 +1,1100 @@
+//! The update content store: files that update manifests point at, kept as content-addressed
+//! blobs (`blobs/<lower-case hex SHA-256>`) under one root directory, and served to devices over
+//! HTTP with `Range` and `ETag` support.
+//!
+//! Content arrives as a stream (an upload body, a file being imported). [`ContentStore::put_stream`]
+//! writes it to a private temporary file in `staging/` while computing its size and SHA-256 in the
+//! same single pass, checks both against what the caller expects, and only then moves the file into
+//! `blobs/` with a rename, so a blob that exists is always complete and has the hash in its name.
+//! Any failure (a wrong size or hash, a source that errors, a limit exceeded, the caller dropping the
+//! future) removes the temporary file.
+//!
+//! The pass is a small pipeline. The calling task reads the source, counts and checks the bytes
+//! against the limit, and hands each chunk (a reference-counted `Bytes`, never copied) to two
+//! blocking threads: one hashes it (`ring`, which uses the CPU's SHA extensions when present), the
+//! other writes it. So reading the next chunk, hashing this one and writing the one before all run at
+//! once, and the runtime's workers never spend time hashing. (Hashing on the calling task instead
+//! makes reading and hashing take turns; on a 2-core VM that was the slower design.) The writer
+//! starts a background `fdatasync` every 32 MiB, so the disk writes while content still arrives
+//! and the sync before the final rename is short. `examples/hash_throughput.rs` measures the pass.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::sync::mpsc;
+
+/// SHA-256 and size a blob must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 digest.
+    pub sha256: [u8; 32],
+}
+
+/// A stored blob: content-addressed by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// SHA-256 digest of the content.
+    pub sha256: [u8; 32],
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Blob {
+    /// The blob's id: the lower-case hex SHA-256.
+    pub fn id(&self) -> String {
+        hex(&self.sha256)
+    }
+
+    /// The SHA-256 in standard base64 with padding, as update manifests carry it.
+    pub fn sha256_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.sha256)
+    }
+}
+
+/// A content store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// The content does not have the expected size. When the content is longer than expected,
+    /// reading stops as soon as that is known, and `actual` is the number of bytes read by then.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Expected size in bytes.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+    /// The content does not have the expected SHA-256 (both in base64).
+    #[error("sha-256 mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        /// Expected digest, base64.
+        expected: String,
+        /// Digest of the content received, base64.
+        actual: String,
+    },
+    /// The content is longer than the limit; reading stopped as soon as it was exceeded.
+    #[error("content exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// No such blob, or an id that cannot name one.
+    #[error("blob {0} not found")]
+    NotFound(String),
+    /// The input stream failed.
+    #[error("reading the content failed: {0}")]
+    Source(String),
+    /// The file system failed.
+    #[error("content store i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Blobs on the local file system under one root directory: `blobs/` holds complete blobs named by
+/// their hex SHA-256, `staging/` the temporary files of uploads in progress.
+///
+/// One process owns a root: [`ContentStore::open`] clears `staging/`.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    blobs: PathBuf,
+    staging: PathBuf,
+}
+
+/// Chunk size for reading from an `AsyncRead` and for buffering writes.
+const CHUNK: usize = 1024 * 1024;
+/// Chunks in flight from the reading task to each of the hasher and writer threads.
+const CHANNEL_DEPTH: usize = 8;
+/// Bytes written between two syncs started in the background while content is arriving.
+const WRITEBACK_STEP: u64 = 32 * 1024 * 1024;
+/// Read size when serving a blob.
+const SERVE_CHUNK: usize = 256 * 1024;
+
+impl ContentStore {
+    /// Creates `<root>/blobs` and `<root>/staging` (mode 0700 on unix) if missing, and removes
+    /// whatever an interrupted run left in `staging`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, ContentError> {
+        let root = root.into();
+        let store = Self { blobs: root.join("blobs"), staging: root.join("staging") };
+        create_private_dir(&store.blobs)?;
+        create_private_dir(&store.staging)?;
+        for entry in std::fs::read_dir(&store.staging)? {
+            let entry = entry?;
+            let removed = if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            };
+            match removed {
+                Ok(()) => tracing::debug!(path = %entry.path().display(), "removed a leftover staging file"),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(store)
+    }
+
+    /// Streams `source` into the store, computing its size and SHA-256 in the same single pass.
+    ///
+    /// `limit` caps the bytes read: [`ContentError::TooLarge`] as soon as it is exceeded. With
+    /// `expected`, a different size or hash is an error (reading stops as soon as the content is
+    /// longer than expected). On any error, or when the future is dropped, nothing is left behind.
+    /// On success the file is synced and renamed to `blobs/<hex>` (if that blob already exists, the
+    /// new copy is dropped) and the directory synced.
+    pub async fn put_stream<S, E>(
+        &self,
+        source: S,
+        expected: Option<Expected>,
+        limit: u64,
+    ) -> Result<Blob, ContentError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let staged = self.create_staged()?;
+        let file = staged.file.try_clone()?;
+        let (write_sender, write_receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let writer = tokio::task::spawn_blocking(move || write_chunks(file, write_receiver));
+        let (hash_sender, hash_receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let hasher = tokio::task::spawn_blocking(move || hash_chunks(hash_receiver));
+
+        let pumped = pump(source, [&hash_sender, &write_sender], expected, limit).await;
+        drop((hash_sender, write_sender));
+        let joined =
+            |error: tokio::task::JoinError| std::io::Error::other(format!("a pipeline thread failed: {error}"));
+        let written = writer.await.map_err(joined)?;
+        let sha256 = hasher.await.map_err(joined)?;
+        let size = match (pumped, written) {
+            (Ok(size), Ok(())) => size,
+            (Err(Pump::Content(error)), _) => return Err(error),
+            (_, Err(error)) => return Err(error.into()),
+            (Err(Pump::PipelineGone), Ok(())) => {
+                return Err(std::io::Error::other("a pipeline thread stopped early").into());
+            }
+        };
+
+        let blob = Blob { sha256, size };
+        if let Some(expected) = expected {
+            if expected.size != size {
+                return Err(ContentError::SizeMismatch { expected: expected.size, actual: size });
+            }
+            if expected.sha256 != sha256 {
+                let engine = &base64::engine::general_purpose::STANDARD;
+                return Err(ContentError::HashMismatch {
+                    expected: engine.encode(expected.sha256),
+                    actual: blob.sha256_base64(),
+                });
+            }
+        }
+
+        // The commit runs to the end even if this future is dropped, so a blob is either fully
+        // in place or absent, and the staging file is always gone.
+        let destination = self.blobs.join(blob.id());
+        let blobs_dir = self.blobs.clone();
+        tokio::task::spawn_blocking(move || staged.commit(&destination, &blobs_dir))
+            .await
+            .map_err(|error| std::io::Error::other(format!("the commit failed: {error}")))??;
+        Ok(blob)
+    }
+
+    /// Same as [`ContentStore::put_stream`], reading from an `AsyncRead` in 1 MiB chunks.
+    pub async fn put_reader<R: AsyncRead + Unpin>(
+        &self,
+        reader: R,
+        expected: Option<Expected>,
+        limit: u64,
+    ) -> Result<Blob, ContentError> {
+        self.put_stream(ChunkReader::new(reader), expected, limit).await
+    }
+
+    /// Whether a blob with this id is stored.
+    pub fn contains(&self, id: &str) -> bool {
+        self.path(id).is_ok_and(|path| path.is_file())
+    }
+
+    /// Size of a stored blob.
+    pub async fn size(&self, id: &str) -> Result<u64, ContentError> {
+        let path = self.path(id)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(metadata) if metadata.is_file() => Ok(metadata.len()),
+            Ok(_) => Err(ContentError::NotFound(id.to_owned())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(ContentError::NotFound(id.to_owned())),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Removes a blob; one that is missing is fine. An id that cannot name a blob is
+    /// [`ContentError::NotFound`].
+    pub async fn delete(&self, id: &str) -> Result<(), ContentError> {
+        let path = self.path(id)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Path of a blob. Ids must be 64 lower-case hex characters; anything else is
+    /// [`ContentError::NotFound`], so no id can name a path outside the store.
+    pub fn path(&self, id: &str) -> Result<PathBuf, ContentError> {
+        let valid = id.len() == 64 && id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            return Err(ContentError::NotFound(id.to_owned()));
+        }
+        Ok(self.blobs.join(id))
+    }
+
+    fn create_staged(&self) -> Result<Staged, ContentError> {
+        let mut random = [0u8; 16];
+        crate::store::fill_random(&mut random);
+        let path = self.staging.join(format!("{}.part", hex(&random)));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let file = options.open(&path)?;
+        Ok(Staged { path, file, keep: false })
+    }
+}
+
+/// Serves a stored blob over HTTP as a download.
+///
+/// Answers GET and HEAD (anything else is 405) with a strong `ETag: "<hex id>"` (`If-None-Match`
+/// gives 304), `Accept-Ranges: bytes`, `Content-Type: application/octet-stream`,
+/// `Content-Disposition: attachment` with `file_name`, and an exact `Content-Length`. A GET with
+/// one `Range` (`bytes=a-b`, `a-` or `-n`) gets 206 with `Content-Range`, or 416 with
+/// `Content-Range: bytes */size` when no byte of it exists; a request for several ranges gets the
+/// whole body with 200, which RFC 9110 allows. `If-Range` with this blob's ETag honours `Range`;
+/// any other `If-Range` (another ETag, a date) gets the whole body. HEAD ignores `Range`, as RFC 9110
+/// defines range handling for GET only. The body is streamed from the file. An unknown blob is 404.
+pub async fn serve_blob(
+    store: &ContentStore,
+    id: &str,
+    file_name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = status_response(StatusCode::METHOD_NOT_ALLOWED);
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let Ok(path) = store.path(id) else {
+        return status_response(StatusCode::NOT_FOUND);
+    };
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return status_response(StatusCode::NOT_FOUND),
+        Err(error) => {
+            tracing::warn!(blob = id, %error, "opening a blob failed");
+            return status_response(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    let size = match file.metadata().await {
+        Ok(metadata) => metadata.len(),
+        Err(error) => {
+            tracing::warn!(blob = id, %error, "reading a blob's metadata failed");
+            return status_response(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    let etag = format!("\"{id}\"");
+
+    if let Some(value) = headers.get(header::IF_NONE_MATCH)
+        && if_none_match(value, &etag)
+    {
+        let mut response = status_response(StatusCode::NOT_MODIFIED);
+        set_header(response.headers_mut(), header::ETAG, &etag);
+        return response;
+    }
+
+    let range_applies = method == Method::GET
+        && headers.get(header::IF_RANGE).is_none_or(|value| value.to_str().is_ok_and(|value| value.trim() == etag));
+    let range = match headers.get(header::RANGE) {
+        Some(value) if range_applies => value.to_str().map_or(ByteRange::Full, |value| parse_range(value, size)),
+        _ => ByteRange::Full,
+    };
+
+    let (status, start, length) = match range {
+        ByteRange::Full => (StatusCode::OK, 0, size),
+        ByteRange::Part { first, last } => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        ByteRange::Unsatisfiable => {
+            let mut response = status_response(StatusCode::RANGE_NOT_SATISFIABLE);
+            let headers = response.headers_mut();
+            set_header(headers, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            set_header(headers, header::ETAG, &etag);
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+            return response;
+        }
+    };
+
+    let body = if method == Method::HEAD || length == 0 {
+        Body::empty()
+    } else {
+        if start > 0
+            && let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await
+        {
+            tracing::warn!(blob = id, %error, "seeking in a blob failed");
+            return status_response(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(length), SERVE_CHUNK))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    set_header(headers, header::ETAG, &etag);
+    set_header(headers, header::CONTENT_DISPOSITION, &content_disposition(file_name));
+    if status == StatusCode::PARTIAL_CONTENT {
+        set_header(headers, header::CONTENT_RANGE, &format!("bytes {start}-{}/{size}", start + length - 1));
+    }
+    response
+}
+
+/// A temporary file in `staging/`, removed on drop unless committed.
+struct Staged {
+    path: PathBuf,
+    file: std::fs::File,
+    keep: bool,
+}
+
+impl Staged {
+    /// Syncs the file and moves it to `destination` (or drops it when that blob already exists),
+    /// then syncs the blobs directory.
+    fn commit(mut self, destination: &Path, blobs_dir: &Path) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        if destination.is_file() {
+            return Ok(()); // Drop removes the staged copy.
+        }
+        std::fs::rename(&self.path, destination)?;
+        self.keep = true;
+        sync_dir(blobs_dir)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %error, "removing a staging file failed");
+        }
+    }
+}
+
+/// Why reading the source stopped early.
+enum Pump {
+    /// The content or its source is at fault.
+    Content(ContentError),
+    /// The hasher or the writer thread hung up: it failed, and its own result says why.
+    PipelineGone,
+}
+
+/// Reads `source` to the end, counting the bytes and passing each chunk on to the hasher and the
+/// writer (`sinks`).
+async fn pump<S, E>(
+    mut source: S,
+    sinks: [&mpsc::Sender<Bytes>; 2],
+    expected: Option<Expected>,
+    limit: u64,
+) -> Result<u64, Pump>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut size: u64 = 0;
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk.map_err(|error| Pump::Content(ContentError::Source(error.to_string())))?;
+        if chunk.is_empty() {
+            continue;
+        }
+        size = size.saturating_add(chunk.len() as u64);
+        if size > limit {
+            return Err(Pump::Content(ContentError::TooLarge { limit }));
+        }
+        if let Some(expected) = expected
+            && size > expected.size
+        {
+            return Err(Pump::Content(ContentError::SizeMismatch { expected: expected.size, actual: size }));
+        }
+        for sink in sinks {
+            sink.send(chunk.clone()).await.map_err(|_| Pump::PipelineGone)?;
+        }
+    }
+    Ok(size)
+}
+
+/// The hasher thread: the SHA-256 of every chunk it receives until the sender hangs up.
+fn hash_chunks(mut receiver: mpsc::Receiver<Bytes>) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    while let Some(chunk) = receiver.blocking_recv() {
+        context.update(&chunk);
+    }
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(context.finish().as_ref());
+    sha256
+}
+
+/// The writer thread: writes every chunk it receives until the sender hangs up.
+///
+/// Every [`WRITEBACK_STEP`] bytes it asks a flusher thread to `fdatasync` what has been written so
+/// far, so the disk writes while the content is still arriving and the final sync in
+/// [`Staged::commit`] has little left to do. Both threads share one open file description, so an
+/// error the flusher sees is returned from here (a later sync would not report it again).
+fn write_chunks(file: std::fs::File, mut receiver: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
+    let (hint_sender, hint_receiver) = std::sync::mpsc::sync_channel::<()>(1);
+    let file = &file;
+    std::thread::scope(|scope| {
+        let flusher = scope.spawn(move || {
+            while hint_receiver.recv().is_ok() {
+                file.sync_data()?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let written = (|| {
+            let mut writer = std::io::BufWriter::with_capacity(CHUNK, file);
+            let mut unsynced: u64 = 0;
+            while let Some(chunk) = receiver.blocking_recv() {
+                writer.write_all(&chunk)?;
+                unsynced += chunk.len() as u64;
+                if unsynced >= WRITEBACK_STEP {
+                    unsynced = 0;
+                    // A hint already waiting covers this one too; a gone flusher failed, and
+                    // joining it below says why.
+                    if let Err(std::sync::mpsc::TrySendError::Disconnected(())) = hint_sender.try_send(()) {
+                        break;
+                    }
+                }
+            }
+            writer.flush()
+        })();
+        drop(hint_sender);
+        let flushed = flusher.join().unwrap_or_else(|_| Err(std::io::Error::other("the flusher thread panicked")));
+        flushed.and(written)
+    })
+}
+
+/// An `AsyncRead` as a stream of chunks of up to [`CHUNK`] bytes, each filled as far as the reader
+/// allows before it is passed on (fewer, larger chunks for the hashing and writing pipeline).
+struct ChunkReader<R> {
+    reader: R,
+    buffer: bytes::BytesMut,
+    done: bool,
+}
+
+impl<R> ChunkReader<R> {
+    fn new(reader: R) -> Self {
+        Self { reader, buffer: bytes::BytesMut::new(), done: false }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Stream for ChunkReader<R> {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.buffer.capacity() == 0 {
+            this.buffer.reserve(CHUNK);
+        }
+        while this.buffer.len() < CHUNK {
+            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut this.reader), context, &mut this.buffer) {
+                Poll::Ready(Ok(0)) => {
+                    this.done = true;
+                    break;
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                // Pass on what has been read so far rather than wait with it.
+                Poll::Pending if this.buffer.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        if this.buffer.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(this.buffer.split().freeze())))
+    }
+}
+
+/// What a `Range` header asks for, resolved against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// No usable range: the whole body.
+    Full,
+    /// One range, both ends inclusive and within the blob.
+    Part { first: u64, last: u64 },
+    /// A single range with no byte in the blob.
+    Unsatisfiable,
+}
+
+/// Parses a `Range` value (RFC 9110 §14.1.2). Anything that is not a valid single byte range
+/// (another unit, bad syntax, several ranges) is ignored and the whole body served.
+fn parse_range(value: &str, size: u64) -> ByteRange {
+    let Some((unit, set)) = value.trim().split_once('=') else {
+        return ByteRange::Full;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return ByteRange::Full;
+    }
+    let mut specs = set.split(',').map(str::trim).filter(|spec| !spec.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return ByteRange::Full;
+    };
+    let Some((first, last)) = spec.split_once('-') else {
+        return ByteRange::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        // A suffix: the last `n` bytes.
+        let Some(length) = parse_digits(last) else {
+            return ByteRange::Full;
+        };
+        if length == 0 || size == 0 {
+            return ByteRange::Unsatisfiable;
+        }
+        return ByteRange::Part { first: size.saturating_sub(length), last: size - 1 };
+    }
+    let Some(first) = parse_digits(first) else {
+        return ByteRange::Full;
+    };
+    let last = if last.is_empty() {
+        None
+    } else {
+        match parse_digits(last) {
+            Some(last) if last >= first => Some(last),
+            _ => return ByteRange::Full,
+        }
+    };
+    if first >= size {
+        return ByteRange::Unsatisfiable;
+    }
+    let last = last.map_or(size - 1, |last| last.min(size - 1));
+    ByteRange::Part { first, last }
+}
+
+/// Parses a non-empty run of ASCII digits (no sign, unlike `str::parse`).
+fn parse_digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Whether `If-None-Match` matches `etag`, by weak comparison (RFC 9110 §13.1.2).
+fn if_none_match(value: &HeaderValue, etag: &str) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// `attachment; filename="…"` with `"` and `\` escaped and characters a header cannot carry
+/// replaced by `_`; a name with non-ASCII characters also gets `filename*` (RFC 6266, RFC 8187).
+fn content_disposition(file_name: &str) -> String {
+    let mut value = String::from("attachment; filename=\"");
+    for character in file_name.chars() {
+        match character {
+            '"' | '\\' => {
+                value.push('\\');
+                value.push(character);
+            }
+            ' '..='~' => value.push(character),
+            _ => value.push('_'),
+        }
+    }
+    value.push('"');
+    if !file_name.is_ascii() {
+        value.push_str("; filename*=UTF-8''");
+        for byte in file_name.bytes() {
+            if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
+                value.push(char::from(byte));
+            } else {
+                value.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    value
+}
+
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => tracing::error!(header = %name, value, "not a valid header value"),
+    }
+}
+
+fn status_response(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt as _;
+
+    fn sha256(bytes: &[u8]) -> [u8; 32] {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        digest
+    }
+
+    fn chunks(parts: &[&[u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin + use<> {
+        let parts: Vec<_> = parts.iter().map(|part| Ok(Bytes::copy_from_slice(part))).collect();
+        futures_util::stream::iter(parts)
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn open() -> (tempfile::TempDir, ContentStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// Asserts that nothing is in `staging/` and exactly `blobs` are in `blobs/`.
+    fn assert_files(dir: &tempfile::TempDir, blobs: &[&str]) {
+        assert_eq!(entries(&dir.path().join("staging")), Vec::<String>::new());
+        assert_eq!(entries(&dir.path().join("blobs")), blobs.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn put_stores_the_content_under_its_hash() {
+        let (dir, store) = open();
+        let blob = store.put_stream(chunks(&[b"hello ", b"", b"world"]), None, 1024).await.unwrap();
+        assert_eq!(blob.id(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        assert_eq!(blob.sha256_base64(), "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=");
+        assert_eq!(blob.size, 11);
+        assert_files(&dir, &[&blob.id()]);
+        assert_eq!(std::fs::read(store.path(&blob.id()).unwrap()).unwrap(), b"hello world");
+        assert!(store.contains(&blob.id()));
+        assert_eq!(store.size(&blob.id()).await.unwrap(), 11);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.path().join("blobs")), 0o700);
+            assert_eq!(mode(&dir.path().join("staging")), 0o700);
+            assert_eq!(mode(&store.path(&blob.id()).unwrap()), 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn put_with_the_expected_size_and_hash() {
+        let (dir, store) = open();
+        let expected = Expected { size: 11, sha256: sha256(b"hello world") };
+        let blob = store.put_stream(chunks(&[b"hello world"]), Some(expected), 11).await.unwrap();
+        assert_eq!(blob, Blob { sha256: expected.sha256, size: 11 });
+        assert_files(&dir, &[&blob.id()]);
+    }
+
+    #[tokio::test]
+    async fn put_reader_hashes_many_chunks() {
+        let (dir, store) = open();
+        let content: Vec<u8> = (0..3 * CHUNK + 5).map(|index| (index % 251) as u8).collect();
+        let expected = Expected { size: content.len() as u64, sha256: sha256(&content) };
+        let blob = store.put_reader(&content[..], Some(expected), u64::MAX).await.unwrap();
+        assert_eq!(blob.sha256, expected.sha256);
+        assert_files(&dir, &[&blob.id()]);
+        assert_eq!(std::fs::read(store.path(&blob.id()).unwrap()).unwrap(), content);
+    }
+
+    #[tokio::test]
+    async fn put_larger_than_a_writeback_step() {
+        let (dir, store) = open();
+        let size = WRITEBACK_STEP * 2 + 3;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let block = [7u8; 4096];
+        for _ in 0..size / 4096 {
+            context.update(&block);
+        }
+        context.update(&block[..(size % 4096) as usize]);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(context.finish().as_ref());
+        let reader = tokio::io::AsyncReadExt::take(tokio::io::repeat(7), size);
+        let blob = store.put_reader(reader, Some(Expected { size, sha256 }), size).await.unwrap();
+        assert_eq!(blob, Blob { sha256, size });
+        assert_files(&dir, &[&blob.id()]);
+        assert_eq!(store.size(&blob.id()).await.unwrap(), size);
+    }
+
+    /// Upload handlers run on a multi-threaded runtime, so their futures must be `Send`.
+    #[test]
+    fn puts_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (_dir, store) = open();
+        let body = axum::body::Body::from("content").into_data_stream();
+        assert_send(&store.put_stream(body, None, 100));
+        assert_send(&store.put_reader(tokio::io::empty(), None, 100));
+    }
+
+    #[tokio::test]
+    async fn put_reader_of_nothing() {
+        let (dir, store) = open();
+        let blob = store.put_reader(tokio::io::empty(), None, 0).await.unwrap();
+        assert_eq!(blob.id(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(blob.size, 0);
+        assert_files(&dir, &[&blob.id()]);
+    }
+
+    #[tokio::test]
+    async fn size_mismatch_leaves_nothing() {
+        let (dir, store) = open();
+        let shorter = Expected { size: 12, sha256: sha256(b"hello world") };
+        let error = store.put_stream(chunks(&[b"hello world"]), Some(shorter), 100).await.unwrap_err();
+        assert!(matches!(error, ContentError::SizeMismatch { expected: 12, actual: 11 }), "{error:?}");
+        assert_eq!(error.to_string(), "size mismatch: expected 12 bytes, got 11");
+        let longer = Expected { size: 5, sha256: sha256(b"hello") };
+        let error = store.put_stream(chunks(&[b"hello", b" world", b"!"]), Some(longer), 100).await.unwrap_err();
+        assert!(matches!(error, ContentError::SizeMismatch { expected: 5, actual: 11 }), "{error:?}");
+        assert_files(&dir, &[]);
+    }
+
+    #[tokio::test]
+    async fn hash_mismatch_leaves_nothing() {
+        let (dir, store) = open();
+        let expected = Expected { size: 11, sha256: sha256(b"hello WORLD") };
+        let error = store.put_stream(chunks(&[b"hello world"]), Some(expected), 100).await.unwrap_err();
+        let ContentError::HashMismatch { expected: wanted, actual } = &error else { panic!("{error:?}") };
+        assert_eq!(wanted, &base64::engine::general_purpose::STANDARD.encode(sha256(b"hello WORLD")));
+        assert_eq!(actual, "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=");
+        assert_files(&dir, &[]);
+    }
+
+    #[tokio::test]
+    async fn too_large_stops_reading_and_leaves_nothing() {
+        let (dir, store) = open();
+        // After the chunk that crosses the limit the stream fails; reaching that would be a
+        // source error instead.
+        let source = chunks(&[b"0123", b"4567", b"89"]).chain(futures_util::stream::iter([Err("read too far".into())]));
+        let error = store.put_stream(source, None, 9).await.unwrap_err();
+        assert!(matches!(error, ContentError::TooLarge { limit: 9 }), "{error:?}");
+        let error = store.put_reader(&[7u8; 100][..], None, 99).await.unwrap_err();
+        assert!(matches!(error, ContentError::TooLarge { limit: 99 }), "{error:?}");
+        // Exactly the limit is fine.
+        store.put_reader(&[7u8; 99][..], None, 99).await.unwrap();
+        assert_eq!(entries(&dir.path().join("staging")), Vec::<String>::new());
+        assert_eq!(entries(&dir.path().join("blobs")).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn failing_source_leaves_nothing() {
+        let (dir, store) = open();
+        let source = chunks(&[b"hello"]).chain(futures_util::stream::iter([Err("connection reset".to_owned())]));
+        let error = store.put_stream(source, None, 100).await.unwrap_err();
+        assert!(matches!(&error, ContentError::Source(message) if message == "connection reset"), "{error:?}");
+        assert_files(&dir, &[]);
+    }
+
+    #[tokio::test]
+    async fn dropped_put_leaves_nothing() {
+        let (dir, store) = open();
+        let source = chunks(&[b"hello"]).chain(futures_util::stream::pending());
+        let put = store.put_stream(source, None, 100);
+        assert!(put.now_or_never().is_none());
+        assert_files(&dir, &[]);
+    }
+
+    #[tokio::test]
+    async fn same_content_twice_is_one_blob() {
+        let (dir, store) = open();
+        let first = store.put_stream(chunks(&[b"same"]), None, 100).await.unwrap();
+        let second = store.put_reader(&b"same"[..], None, 100).await.unwrap();
+        assert_eq!(first, second);
+        assert_files(&dir, &[&first.id()]);
+    }
+
+    #[tokio::test]
+    async fn open_clears_staging_and_keeps_blobs() {
+        let (dir, store) = open();
+        let blob = store.put_stream(chunks(&[b"kept"]), None, 100).await.unwrap();
+        std::fs::write(dir.path().join("staging/leftover.part"), b"half").unwrap();
+        std::fs::create_dir(dir.path().join("staging/leftover-dir")).unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        assert_files(&dir, &[&blob.id()]);
+        assert!(store.contains(&blob.id()));
+    }
+
+    #[tokio::test]
+    async fn delete_and_missing_blobs() {
+        let (dir, store) = open();
+        let blob = store.put_stream(chunks(&[b"gone soon"]), None, 100).await.unwrap();
+        store.delete(&blob.id()).await.unwrap();
+        assert_files(&dir, &[]);
+        assert!(!store.contains(&blob.id()));
+        store.delete(&blob.id()).await.unwrap();
+        assert!(matches!(store.size(&blob.id()).await, Err(ContentError::NotFound(id)) if id == blob.id()));
+    }
+
+    #[test]
+    fn path_accepts_only_lower_case_hex_ids() {
+        let (dir, store) = open();
+        let id = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(store.path(id).unwrap(), dir.path().join("blobs").join(id));
+        for bad in [
+            "../x",
+            "",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85",
+            "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b8555",
+            "../../../../../../../../../../../../../../../../../../etc/passwd",
+            "g3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ] {
+            assert!(matches!(store.path(bad), Err(ContentError::NotFound(_))), "{bad:?}");
+            assert!(!store.contains(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn range_parsing() {
+        #[track_caller]
+        fn check(value: &str, size: u64, expect: ByteRange) {
+            assert_eq!(parse_range(value, size), expect, "{value:?} of {size}");
+        }
+        use ByteRange::{Full, Part, Unsatisfiable};
+        check("bytes=0-0", 10, Part { first: 0, last: 0 });
+        check("bytes=2-5", 10, Part { first: 2, last: 5 });
+        check("bytes=2-500", 10, Part { first: 2, last: 9 });
+        check("bytes=7-", 10, Part { first: 7, last: 9 });
+        check("bytes=-3", 10, Part { first: 7, last: 9 });
+        check("bytes=-30", 10, Part { first: 0, last: 9 });
+        check(" Bytes = 2 - 5 ", 10, Part { first: 2, last: 5 });
+        check("bytes=2-5,", 10, Part { first: 2, last: 5 });
+        check("bytes=10-", 10, Unsatisfiable);
+        check("bytes=10-20", 10, Unsatisfiable);
+        check("bytes=-0", 10, Unsatisfiable);
+        check("bytes=0-", 0, Unsatisfiable);
+        check("bytes=-5", 0, Unsatisfiable);
+        check("bytes=0-1,4-5", 10, Full);
+        check("bytes=5-2", 10, Full);
+        check("bytes=+1-2", 10, Full);
+        check("bytes=1-+2", 10, Full);
+        check("bytes=a-b", 10, Full);
+        check("bytes=-", 10, Full);
+        check("bytes=", 10, Full);
+        check("items=0-1", 10, Full);
+        check("0-1", 10, Full);
+        check("bytes=99999999999999999999-", 10, Full);
+    }
+
+    #[test]
+    fn content_disposition_escapes_the_name() {
+        assert_eq!(content_disposition("fw.swu"), "attachment; filename=\"fw.swu\"");
+        assert_eq!(content_disposition("a \"b\"\\c"), "attachment; filename=\"a \\\"b\\\"\\\\c\"");
+        assert_eq!(content_disposition("x\r\ny"), "attachment; filename=\"x__y\"");
+        assert_eq!(content_disposition("é.bin"), "attachment; filename=\"_.bin\"; filename*=UTF-8''%C3%A9.bin");
+    }
+
+    const CONTENT_SIZE: usize = 1000;
+
+    async fn served() -> (tempfile::TempDir, ContentStore, String, Vec<u8>) {
+        let (dir, store) = open();
+        let content: Vec<u8> = (0..CONTENT_SIZE).map(|index| (index % 251) as u8).collect();
+        let blob = store.put_reader(&content[..], None, u64::MAX).await.unwrap();
+        (dir, store, blob.id(), content)
+    }
+
+    async fn request(
+        store: &ContentStore,
+        id: &str,
+        method: Method,
+        headers: &[(HeaderName, &str)],
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name, HeaderValue::from_str(value).unwrap());
+        }
+        let response = serve_blob(store, id, "fw \"1\".swu", &method, &map).await;
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (parts.status, parts.headers, body)
+    }
+
+    fn header(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+        headers.get(name).map(|value| value.to_str().unwrap())
+    }
+
+    #[tokio::test]
+    async fn serve_full_get() {
+        let (_dir, store, id, content) = served().await;
+        let (status, headers, body) = request(&store, &id, Method::GET, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, content);
+        assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
+        assert_eq!(header(&headers, header::CONTENT_TYPE), Some("application/octet-stream"));
+        assert_eq!(header(&headers, header::ACCEPT_RANGES), Some("bytes"));
+        assert_eq!(header(&headers, header::ETAG), Some(format!("\"{id}\"").as_str()));
+        assert_eq!(header(&headers, header::CONTENT_DISPOSITION), Some(r#"attachment; filename="fw \"1\".swu""#));
+        assert_eq!(header(&headers, header::CONTENT_RANGE), None);
+    }
+
+    #[tokio::test]
+    async fn serve_head_has_the_length_but_no_body() {
+        let (_dir, store, id, _) = served().await;
+        for range in [&[][..], &[(header::RANGE, "bytes=0-9")][..]] {
+            let (status, headers, body) = request(&store, &id, Method::HEAD, range).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.is_empty());
+            assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
+            assert_eq!(header(&headers, header::ETAG), Some(format!("\"{id}\"").as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_ranges() {
+        let (_dir, store, id, content) = served().await;
+        for (range, first, last) in
+            [("bytes=10-19", 10, 19), ("bytes=990-", 990, 999), ("bytes=-5", 995, 999), ("bytes=998-5000", 998, 999)]
+        {
+            let (status, headers, body) = request(&store, &id, Method::GET, &[(header::RANGE, range)]).await;
+            assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+            assert_eq!(body, content[first..=last], "{range}");
+            assert_eq!(header(&headers, header::CONTENT_LENGTH), Some((last - first + 1).to_string().as_str()));
+            assert_eq!(header(&headers, header::CONTENT_RANGE), Some(format!("bytes {first}-{last}/1000").as_str()));
+            assert_eq!(header(&headers, header::ETAG), Some(format!("\"{id}\"").as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_unsatisfiable_range() {
+        let (_dir, store, id, _) = served().await;
+        let (status, headers, body) = request(&store, &id, Method::GET, &[(header::RANGE, "bytes=1000-")]).await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert!(body.is_empty());
+        assert_eq!(header(&headers, header::CONTENT_RANGE), Some("bytes */1000"));
+        assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("0"));
+    }
+
+    #[tokio::test]
+    async fn serve_several_ranges_as_the_whole_body() {
+        let (_dir, store, id, content) = served().await;
+        let (status, headers, body) = request(&store, &id, Method::GET, &[(header::RANGE, "bytes=0-1,5-6")]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, content);
+        assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
+    }
+
+    #[tokio::test]
+    async fn serve_if_none_match() {
+        let (_dir, store, id, content) = served().await;
+        let etag = format!("\"{id}\"");
+        for value in [etag.clone(), format!("W/{etag}"), format!("\"other\", {etag}"), "*".to_owned()] {
+            for method in [Method::GET, Method::HEAD] {
+                let (status, headers, body) =
+                    request(&store, &id, method, &[(header::IF_NONE_MATCH, value.as_str())]).await;
+                assert_eq!(status, StatusCode::NOT_MODIFIED, "{value}");
+                assert!(body.is_empty());
+                assert_eq!(header(&headers, header::ETAG), Some(etag.as_str()));
+            }
+        }
+        let (status, _, body) = request(&store, &id, Method::GET, &[(header::IF_NONE_MATCH, "\"other\"")]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, content);
+    }
+
+    #[tokio::test]
+    async fn serve_if_range() {
+        let (_dir, store, id, content) = served().await;
+        let etag = format!("\"{id}\"");
+        let (status, _, body) =
+            request(&store, &id, Method::GET, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, etag.as_str())]).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body, content[..4]);
+        for other in ["\"other\"", &format!("W/{etag}"), "Sat, 01 Jan 2000 00:00:00 GMT"] {
+            let (status, headers, body) =
+                request(&store, &id, Method::GET, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, other)]).await;
+            assert_eq!(status, StatusCode::OK, "{other}");
+            assert_eq!(body, content, "{other}");
+            assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_unknown_blobs_and_other_methods() {
+        let (_dir, store, id, _) = served().await;
+        let missing = "0".repeat(64);
+        for unknown in [missing.as_str(), "../staging", "nope"] {
+            let (status, _, body) = request(&store, unknown, Method::GET, &[]).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+            assert!(body.is_empty());
+        }
+        let (status, headers, _) = request(&store, &id, Method::POST, &[]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(header(&headers, header::ALLOW), Some("GET, HEAD"));
+    }
+
+    #[tokio::test]
+    async fn serve_an_empty_blob() {
+        let (_dir, store) = open();
+        let id = store.put_reader(tokio::io::empty(), None, 0).await.unwrap().id();
+        let (status, headers, body) = request(&store, &id, Method::GET, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.is_empty());
+        assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("0"));
+        let (status, headers, _) = request(&store, &id, Method::GET, &[(header::RANGE, "bytes=-1")]).await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(header(&headers, header::CONTENT_RANGE), Some("bytes */0"));
+    }
+}
