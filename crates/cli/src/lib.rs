@@ -1,9 +1,9 @@
 //! The `duhub` command line as a library: argument definitions ([`cli`]), the commands
-//! ([`commands`]) and the signing key store ([`keystore`]). `main.rs` only wires them up.
+//! ([`commands`]); the signing key store lives in `duhub_server::keystore`. `main.rs` only wires
+//! them up.
 
 pub mod cli;
 pub mod commands;
-pub mod keystore;
 pub mod output;
 
 use std::process::ExitCode;

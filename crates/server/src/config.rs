@@ -27,6 +27,19 @@ pub struct Settings {
     pub mqtt_plain_port: Option<u16>,
     /// `sqlite://...` or `postgres://...`; default: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// The Device Update instance id of REST paths (`/deviceUpdate/{instance}/...`).
+    pub instance_id: Option<String>,
+    /// Base URL devices download files and the root key package from; default
+    /// `https://<hostname>:<https_port>`.
+    pub public_url: Option<String>,
+    /// The signing key store; default `<data_dir>/keys` (created on first start).
+    pub keys_dir: Option<PathBuf>,
+    /// Where update files are stored; default `<data_dir>/content`.
+    pub content_dir: Option<PathBuf>,
+    /// Items per page of Device Update REST lists.
+    pub page_size: Option<usize>,
+    /// How often deployments are reconciled with the fleet, in milliseconds.
+    pub reconcile_interval_ms: Option<u64>,
 }
 
 impl Settings {
@@ -40,6 +53,12 @@ impl Settings {
             mqtt_port: other.mqtt_port.or(self.mqtt_port),
             mqtt_plain_port: other.mqtt_plain_port.or(self.mqtt_plain_port),
             database_url: other.database_url.or(self.database_url),
+            instance_id: other.instance_id.or(self.instance_id),
+            public_url: other.public_url.or(self.public_url),
+            keys_dir: other.keys_dir.or(self.keys_dir),
+            content_dir: other.content_dir.or(self.content_dir),
+            page_size: other.page_size.or(self.page_size),
+            reconcile_interval_ms: other.reconcile_interval_ms.or(self.reconcile_interval_ms),
         }
     }
 
@@ -50,7 +69,9 @@ impl Settings {
     }
 
     /// Reads `DUHUB_DATA_DIR`, `DUHUB_HOSTNAME`, `DUHUB_BIND`, `DUHUB_HTTPS_PORT`,
-    /// `DUHUB_MQTT_PORT`, `DUHUB_MQTT_PLAIN_PORT` and `DUHUB_DATABASE_URL` from `vars`.
+    /// `DUHUB_MQTT_PORT`, `DUHUB_MQTT_PLAIN_PORT`, `DUHUB_DATABASE_URL`, `DUHUB_INSTANCE_ID`,
+    /// `DUHUB_PUBLIC_URL`, `DUHUB_KEYS_DIR`, `DUHUB_CONTENT_DIR`, `DUHUB_PAGE_SIZE` and
+    /// `DUHUB_RECONCILE_INTERVAL_MS` from `vars`.
     pub fn from_env(vars: &HashMap<String, String>) -> Result<Settings> {
         let get = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
         let port = |name: &str| -> Result<Option<u16>> {
@@ -66,6 +87,16 @@ impl Settings {
             mqtt_port: port("DUHUB_MQTT_PORT")?,
             mqtt_plain_port: port("DUHUB_MQTT_PLAIN_PORT")?,
             database_url: get("DUHUB_DATABASE_URL"),
+            instance_id: get("DUHUB_INSTANCE_ID"),
+            public_url: get("DUHUB_PUBLIC_URL"),
+            keys_dir: get("DUHUB_KEYS_DIR").map(PathBuf::from),
+            content_dir: get("DUHUB_CONTENT_DIR").map(PathBuf::from),
+            page_size: get("DUHUB_PAGE_SIZE")
+                .map(|v| v.parse().with_context(|| format!("DUHUB_PAGE_SIZE={v} is not a number")))
+                .transpose()?,
+            reconcile_interval_ms: get("DUHUB_RECONCILE_INTERVAL_MS")
+                .map(|v| v.parse().with_context(|| format!("DUHUB_RECONCILE_INTERVAL_MS={v} is not a number")))
+                .transpose()?,
         })
     }
 
@@ -79,6 +110,12 @@ impl Settings {
             mqtt_port: Some(8883),
             mqtt_plain_port: None,
             database_url: None,
+            instance_id: Some("default".into()),
+            public_url: None,
+            keys_dir: None,
+            content_dir: None,
+            page_size: Some(100),
+            reconcile_interval_ms: Some(2000),
         }
     }
 
@@ -90,7 +127,9 @@ impl Settings {
              # override these. database_url defaults to SQLite in data_dir; set it to\n\
              # postgres://user@host/db to share state between several nodes.\n\
              # mqtt_plain_port = 1883   # plain-TCP MQTT, only for trusted networks\n\
-             # database_url = \"postgres://postgres@127.0.0.1:5432/duhub\"\n{body}"
+             # database_url = \"postgres://postgres@127.0.0.1:5432/duhub\"\n\
+             # public_url = \"https://updates.example.com\"   # what devices download from\n\
+             # keys_dir = \"duhub-data/keys\"   # signing keys (`duhub keys init --dir`)\n{body}"
         )
     }
 }
@@ -112,6 +151,18 @@ pub struct Config {
     pub mqtt_plain_port: Option<u16>,
     /// Database URL.
     pub database_url: String,
+    /// Device Update instance id.
+    pub instance_id: String,
+    /// Public base URL override for downloads.
+    pub public_url: Option<String>,
+    /// Signing key store directory.
+    pub keys_dir: PathBuf,
+    /// Content store directory.
+    pub content_dir: PathBuf,
+    /// Items per REST page (at least 1).
+    pub page_size: usize,
+    /// Reconcile interval.
+    pub reconcile_interval: std::time::Duration,
 }
 
 impl Config {
@@ -128,6 +179,12 @@ impl Config {
             mqtt_port: s.mqtt_port.unwrap_or(8883),
             mqtt_plain_port: s.mqtt_plain_port,
             database_url,
+            instance_id: s.instance_id.unwrap_or_else(|| "default".into()),
+            public_url: s.public_url.map(|url| url.trim_end_matches('/').to_owned()),
+            keys_dir: s.keys_dir.unwrap_or_else(|| data_dir.join("keys")),
+            content_dir: s.content_dir.unwrap_or_else(|| data_dir.join("content")),
+            page_size: s.page_size.unwrap_or(100).max(1),
+            reconcile_interval: std::time::Duration::from_millis(s.reconcile_interval_ms.unwrap_or(2000).max(10)),
             data_dir,
         }
     }

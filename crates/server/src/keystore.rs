@@ -16,12 +16,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::fs::{create_private_dir, write_private, write_public};
 use anyhow::{Context as _, Result, bail};
 use duhub_proto::jws;
 use duhub_proto::keys::{self, SigningKeyPair};
 use duhub_proto::root_key::{self, DisabledSigningKey, PackageContent, RootKey, RootKeyPackage};
 use duhub_proto::trust::TrustStore;
-use duhub_server::fs::{create_private_dir, write_private, write_public};
 use serde::{Deserialize, Serialize};
 
 /// RSA modulus size of generated keys, as Microsoft's root and signing keys.

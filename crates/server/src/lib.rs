@@ -2,8 +2,10 @@
 //! devices and the REST APIs for operators and services.
 
 pub mod config;
+pub mod du;
 pub mod fs;
 pub mod hub;
+pub mod keystore;
 pub mod rest;
 pub mod server;
 pub mod store;

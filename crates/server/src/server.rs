@@ -17,6 +17,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::du::content::ContentStore;
+use crate::du::{DeviceUpdate, DuSettings};
 use crate::hub::{Hub, HubSettings};
 use crate::rest::{self, AppState};
 use crate::store::{self, Store};
@@ -41,6 +43,16 @@ pub struct Admin {
     pub mqtt_host: String,
     /// MQTT/TLS port.
     pub mqtt_port: u16,
+    /// Device Update instance id.
+    #[serde(default = "default_instance")]
+    pub instance_id: String,
+    /// The signing key store (its `rootkeys.json` lists the root keys agents trust).
+    #[serde(default)]
+    pub keys_dir: PathBuf,
+}
+
+fn default_instance() -> String {
+    "default".into()
 }
 
 /// A running node.
@@ -57,6 +69,8 @@ pub struct Running {
     pub admin_path: PathBuf,
     /// The hub.
     pub hub: Arc<Hub>,
+    /// The Device Update service.
+    pub du: Arc<DeviceUpdate>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -122,7 +136,21 @@ pub async fn start(config: &Config) -> Result<Running> {
         https_url: format!("https://{host_with_port}"),
         mqtt_host: config.hostname.clone(),
         mqtt_port: mqtt.port(),
+        instance_id: config.instance_id.clone(),
+        keys_dir: std::path::absolute(&config.keys_dir).unwrap_or(config.keys_dir.clone()),
     };
+    let content = ContentStore::open(&config.content_dir)
+        .with_context(|| format!("opening the content store {}", config.content_dir.display()))?;
+    let du_settings = DuSettings {
+        instance_id: config.instance_id.clone(),
+        public_url: config.public_url.clone().unwrap_or_else(|| admin.https_url.clone()),
+        keys_dir: config.keys_dir.clone(),
+        page_size: config.page_size,
+        reconcile_interval: config.reconcile_interval,
+    };
+    let ca_pem = std::fs::read(&tls.ca_cert).with_context(|| format!("reading {}", tls.ca_cert.display()))?;
+    let du = DeviceUpdate::new(store.clone(), content, du_settings, Some(&ca_pem))
+        .context("starting the Device Update service")?;
     crate::fs::write_private(&admin_path, serde_json::to_string_pretty(&admin)?.as_bytes())?;
 
     let (stop, stopped) = watch::channel(false);
@@ -131,9 +159,11 @@ pub async fn start(config: &Config) -> Result<Running> {
     if let Some(listener) = plain_listener {
         tasks.spawn(accept_mqtt(listener, None, hub.clone(), stopped.clone()));
     }
-    let app = rest::router(AppState { hub: hub.clone(), hostname: config.hostname.clone() });
+    tasks.spawn(du.clone().run(stopped.clone()));
+    let app = rest::router(AppState { hub: hub.clone(), hostname: config.hostname.clone() })
+        .merge(rest::du::router(rest::du::DuState { du: du.clone() }));
     tasks.spawn(accept_https(https_listener, acceptor, app, stopped));
-    Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, stop, tasks })
+    Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, du, stop, tasks })
 }
 
 async fn bind(config: &Config, port: u16) -> Result<TcpListener> {

@@ -17,6 +17,7 @@
 //! return a `Result`.
 
 mod device;
+mod du;
 mod postgres;
 mod process;
 mod raw;
@@ -27,12 +28,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use device::{DesiredPatch, DeviceError, DeviceOptions, Endpoint, MODEL_ID, TestDevice, TwinResponse};
+pub use du::{DU_API_VERSION, DuClient, FileServer, ImportFixture, sha256_b64};
 pub use postgres::{DEFAULT_POSTGRES_URL, TestDatabase, postgres_url};
 pub use process::ServeProcess;
 pub use raw::{RawConnection, mqtt5_connect_packet};
 /// rumqttc's MQTT codes, re-exported for crates that do not depend on it.
 pub use rumqttc::{ConnectReturnCode, SubscribeReasonCode};
-pub use server::{Backend, TestServer};
+pub use server::{Backend, TEST_PAGE_SIZE, TestServer};
 pub use service::{API_VERSION, ServiceClient};
 
 /// How long a helper waits for the server by default.

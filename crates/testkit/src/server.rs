@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use duhub_server::config::Config;
+use duhub_server::config::{Config, Settings};
 use duhub_server::hub::Hub;
 use duhub_server::server::{Admin, Running};
 use tempfile::TempDir;
@@ -12,6 +12,9 @@ use tempfile::TempDir;
 use crate::device::{DeviceOptions, Endpoint, TestDevice};
 use crate::postgres::{TestDatabase, postgres_url};
 use crate::service::ServiceClient;
+
+/// Items per page of the Device Update REST API in test servers: small, so tests page.
+pub const TEST_PAGE_SIZE: usize = 2;
 
 /// The database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,15 +101,19 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("creating a temporary data directory: {e}"));
         let database_url =
             database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.path().join("duhub.db").display()));
-        let config = Config {
-            data_dir: data_dir.path().to_owned(),
-            hostname: crate::HOSTNAME.to_owned(),
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            https_port: 0,
-            mqtt_port: 0,
+        let config = Config::resolve(Settings {
+            data_dir: Some(data_dir.path().to_owned()),
+            hostname: Some(crate::HOSTNAME.to_owned()),
+            bind: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            https_port: Some(0),
+            mqtt_port: Some(0),
             mqtt_plain_port: None,
-            database_url: database_url.clone(),
-        };
+            database_url: Some(database_url.clone()),
+            // Small pages and a fast reconciler, so tests see paging and deployments quickly.
+            page_size: Some(TEST_PAGE_SIZE),
+            reconcile_interval_ms: Some(100),
+            ..Settings::default()
+        });
         let running = duhub_server::server::start(&config).await.unwrap_or_else(|e| {
             panic!("starting the server on {}: {e:#}", duhub_server::server::redact(&database_url))
         });
@@ -146,6 +153,25 @@ impl TestServer {
     /// Where devices connect.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// A Device Update REST client with the admin API token.
+    ///
+    /// # Panics
+    ///
+    /// If the CA certificate does not parse.
+    pub fn du(&self) -> crate::DuClient {
+        crate::DuClient::new(&self.admin.https_url, &self.admin.instance_id, &self.admin.api_token, &self.ca_pem)
+            .unwrap_or_else(|e| panic!("the Device Update client: {e:#}"))
+    }
+
+    /// The Device Update service.
+    ///
+    /// # Panics
+    ///
+    /// Never: the server runs until [`TestServer::shutdown`] consumes it.
+    pub fn du_service(&self) -> &Arc<duhub_server::du::DeviceUpdate> {
+        &self.running.as_ref().expect("the server is running").du
     }
 
     /// The data directory.

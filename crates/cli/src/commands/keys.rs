@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::{DisableSigningArgs, KeysDirArgs};
-use crate::keystore::{Clock, Index, KeyStore};
 use crate::output::{Outcome, print_json};
+use duhub_server::keystore::{Clock, Index, KeyStore};
 
 pub(super) fn init(args: &KeysDirArgs) -> Result<Outcome> {
     let store = KeyStore::at(&args.dir);

@@ -12,8 +12,8 @@ use duhub_proto::update_manifest::{self, UpdateManifest};
 use serde_json::{Value, json};
 
 use crate::cli::{SignArgs, VerifyArgs};
-use crate::keystore::KeyStore;
 use crate::output::{Outcome, print_json};
+use duhub_server::keystore::KeyStore;
 
 pub(super) fn sign(args: &SignArgs) -> Result<Outcome> {
     let text = read(&args.manifest)?;

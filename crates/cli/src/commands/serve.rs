@@ -23,6 +23,7 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
         mqtt_port: args.mqtt_port,
         mqtt_plain_port: args.mqtt_plain_port,
         database_url: args.database_url.clone(),
+        ..Settings::default()
     });
     let config = Config::resolve(settings);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

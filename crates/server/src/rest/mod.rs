@@ -3,6 +3,7 @@
 
 mod auth;
 mod devices;
+pub mod du;
 mod error;
 mod twins;
 

@@ -7,7 +7,10 @@
 //! the desired patch (so other nodes can deliver it) and, on PostgreSQL, `NOTIFY`s the other
 //! nodes; a write is acknowledged only after its transaction commits.
 
+mod du;
 mod schema;
+
+pub use du::{ApiToken, FleetRow, Revisioned};
 
 use std::sync::Arc;
 use std::time::Duration;

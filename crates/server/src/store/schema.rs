@@ -7,7 +7,8 @@ use super::{Backend, StoreError};
 
 /// The steps, in SQL that SQLite and PostgreSQL both accept. Never edit a released step; add a
 /// new one.
-const STEPS: &[&str] = &["CREATE TABLE devices (
+const STEPS: &[&str] = &[
+    "CREATE TABLE devices (
         device_id TEXT PRIMARY KEY,
         primary_key TEXT NOT NULL,
         secondary_key TEXT NOT NULL,
@@ -45,7 +46,36 @@ const STEPS: &[&str] = &["CREATE TABLE devices (
         name TEXT NOT NULL,
         created_at TEXT NOT NULL,
         revoked_at TEXT
-    );"];
+    );",
+    "CREATE TABLE du_updates (
+        update_key TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        imported_at TEXT NOT NULL
+    );
+    CREATE TABLE du_operations (
+        operation_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE du_deployments (
+        group_id TEXT NOT NULL,
+        deployment_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (group_id, deployment_id)
+    );
+    CREATE TABLE du_entities (
+        kind TEXT NOT NULL,
+        entity_key TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (kind, entity_key)
+    );",
+];
 
 /// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an
 /// advisory lock serialises them).

@@ -11,6 +11,7 @@
 use duhub_testkit::Backend;
 
 mod connect;
+mod du;
 mod isolation;
 mod rest;
 mod support;
@@ -63,4 +64,10 @@ suite! {
     rest::devices_are_created_listed_read_and_deleted,
     rest::deleting_or_disabling_a_connected_device_disconnects_it,
     rest::a_device_disconnected_by_disabling_it_is_recorded_as_disconnected,
+    du::import_fetches_checks_and_signs,
+    du::bad_imports_fail_with_a_reason_and_leave_nothing_behind,
+    du::reference_steps_ship_child_manifests,
+    du::a_deployment_reaches_devices_and_their_reports_drive_its_status,
+    du::a_rollback_policy_redeploys_to_the_failed_devices,
+    du::lists_page_and_requests_are_authenticated,
 }

@@ -1,0 +1,361 @@
+//! Deployments against the fleet, as pure functions: which deployment governs a device class
+//! subgroup, what each device should be told (desired `deviceUpdate.service` workflow), what
+//! state each device is in, subgroup and deployment status, and when a rollback policy fires.
+//!
+//! Status rules (the Azure service documents none; see `protocol-reference.md` §10.6): with
+//! workflow id W written to a device — it reported W and state 255: Failed; W and 6:
+//! InProgress; W and 0 with result -1: Canceled; its installed update is the deployed one:
+//! Succeeded (kept even if an agent re-reports 6 for W after success, defect 6.4-1); nothing
+//! reported for W yet: InProgress (or Canceled once the subgroup is cancelled).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::fleet::DeviceView;
+use super::model::{StoredDeployment, SubgroupState};
+
+/// A device's state in a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DeviceState {
+    /// Installed the update.
+    Succeeded,
+    /// Not finished (or not started).
+    InProgress,
+    /// Cancelled.
+    Canceled,
+    /// Failed.
+    Failed,
+}
+
+impl DeviceState {
+    /// The REST name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "Succeeded",
+            Self::InProgress => "InProgress",
+            Self::Canceled => "Canceled",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+/// The workflow a device should have in its desired `deviceUpdate.service`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment<'a> {
+    /// The deployment.
+    pub deployment: &'a StoredDeployment,
+    /// Its subgroup state for the device's class.
+    pub subgroup: &'a SubgroupState,
+    /// 3 (process) or 255 (cancel).
+    pub action: i64,
+    /// `retryTimestamp` for this device.
+    pub retry_timestamp: Option<&'a str>,
+}
+
+impl Assignment<'_> {
+    /// Whether the device's desired workflow already says this.
+    pub fn is_written(&self, device: &DeviceView) -> bool {
+        device.desired.action == Some(self.action)
+            && device.desired.id.as_deref() == Some(self.subgroup.workflow_id.as_str())
+            && device.desired.retry_timestamp.as_deref() == self.retry_timestamp
+    }
+}
+
+/// The deployment that governs devices of `class` in `group` at `now`: the latest-starting
+/// (then latest-created) deployment of the group that has started, is not a cloud-initiated
+/// rollback, and whose update `fits` the class.
+pub fn governing<'a>(
+    deployments: &'a [StoredDeployment],
+    group: &str,
+    class: &str,
+    now: &str,
+    fits: impl Fn(&StoredDeployment) -> bool,
+) -> Option<&'a StoredDeployment> {
+    deployments
+        .iter()
+        .filter(|d| d.group_id == group && !d.is_cloud_initiated_rollback && d.start_date_time.as_str() <= now)
+        .filter(|d| !d.excluded_subgroups.contains(class))
+        .filter(|d| d.subgroups.contains_key(class) || fits(d))
+        .max_by(|a, b| {
+            (a.start_date_time.as_str(), a.created_date_time.as_str())
+                .cmp(&(b.start_date_time.as_str(), b.created_date_time.as_str()))
+        })
+}
+
+/// What `device` should be told, given the deployment governing its subgroup: the rollback
+/// deployment's workflow when the device is one of its targets, else the governing one's.
+pub fn assignment<'a>(
+    governing: &'a StoredDeployment,
+    deployments: &'a [StoredDeployment],
+    device: &DeviceView,
+) -> Option<Assignment<'a>> {
+    let subgroup = governing.subgroups.get(&device.class.id)?;
+    if let Some(rollback_id) = &subgroup.rollback_deployment
+        && let Some(rollback) =
+            deployments.iter().find(|d| d.group_id == governing.group_id && &d.deployment_id == rollback_id)
+        && rollback.target_devices.as_ref().is_some_and(|t| t.contains(&device.device_id))
+        && let Some(rollback_subgroup) = rollback.subgroups.get(&device.class.id)
+    {
+        return Some(for_subgroup(rollback, rollback_subgroup, device));
+    }
+    Some(for_subgroup(governing, subgroup, device))
+}
+
+fn for_subgroup<'a>(
+    deployment: &'a StoredDeployment,
+    subgroup: &'a SubgroupState,
+    device: &DeviceView,
+) -> Assignment<'a> {
+    let retried = subgroup.retry_devices.iter().any(|d| d == &device.device_id);
+    Assignment {
+        deployment,
+        subgroup,
+        action: if subgroup.canceled { 255 } else { 3 },
+        retry_timestamp: if retried { subgroup.retry_timestamp.as_deref() } else { None },
+    }
+}
+
+/// The state of `device` in `deployment` (whose subgroup state for the device's class is
+/// `subgroup`).
+pub fn device_state(deployment: &StoredDeployment, subgroup: &SubgroupState, device: &DeviceView) -> DeviceState {
+    let workflow = subgroup.workflow_id.as_str();
+    let reported_here = device.reported_workflow() == Some(workflow);
+    let state = device.reported_state();
+    let installed_here = device.installed.as_ref().is_some_and(|installed| {
+        installed.provider.eq_ignore_ascii_case(&deployment.update.provider)
+            && installed.name.eq_ignore_ascii_case(&deployment.update.name)
+            && installed.version == deployment.update.version
+    });
+    if reported_here && state == Some(255) {
+        return DeviceState::Failed;
+    }
+    if installed_here {
+        return DeviceState::Succeeded;
+    }
+    if reported_here {
+        match (state, device.reported_result()) {
+            (Some(6), _) => return DeviceState::InProgress,
+            (Some(0), Some(-1)) => return DeviceState::Canceled,
+            (Some(0), Some(code)) if code > 0 && code != 200 && !subgroup.canceled => return DeviceState::Failed,
+            _ => {}
+        }
+    }
+    if subgroup.canceled { DeviceState::Canceled } else { DeviceState::InProgress }
+}
+
+/// Device counts of a subgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Devices.
+    pub total: u64,
+    /// In progress.
+    pub in_progress: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Cancelled.
+    pub canceled: u64,
+}
+
+impl Counts {
+    /// Counts `states`.
+    pub fn of(states: impl IntoIterator<Item = DeviceState>) -> Self {
+        let mut counts = Self::default();
+        for state in states {
+            counts.total += 1;
+            match state {
+                DeviceState::InProgress => counts.in_progress += 1,
+                DeviceState::Failed => counts.failed += 1,
+                DeviceState::Succeeded => counts.succeeded += 1,
+                DeviceState::Canceled => counts.canceled += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// The devices a deployment's subgroup covers: the devices of the group and class, or a
+/// rollback deployment's targets among them.
+pub fn subgroup_devices<'a>(
+    deployment: &StoredDeployment,
+    class: &str,
+    devices: &'a [DeviceView],
+) -> Vec<&'a DeviceView> {
+    devices
+        .iter()
+        .filter(|d| d.group_id == deployment.group_id && d.class.id == class)
+        .filter(|d| deployment.target_devices.as_ref().is_none_or(|targets| targets.contains(&d.device_id)))
+        .collect()
+}
+
+/// The state name of a subgroup of a deployment (`Active`, `Failed`, `Inactive`, `Canceled`).
+pub fn subgroup_state(subgroup: &SubgroupState, governs: bool) -> &'static str {
+    if subgroup.canceled {
+        "Canceled"
+    } else if subgroup.rollback_deployment.is_some() {
+        "Failed"
+    } else if !governs {
+        "Inactive"
+    } else {
+        "Active"
+    }
+}
+
+/// The state name of a whole deployment from its subgroups' state names.
+pub fn deployment_state(subgroups: &BTreeMap<String, (&'static str, Counts)>, started: bool) -> &'static str {
+    if subgroups.is_empty() {
+        return if started { "Active" } else { "Inactive" };
+    }
+    let all = |name: &str| subgroups.values().all(|(state, _)| *state == name);
+    if all("Canceled") {
+        "Canceled"
+    } else if all("Failed") {
+        "Failed"
+    } else if all("Inactive") {
+        "Inactive"
+    } else if subgroups.values().any(|(state, counts)| *state == "Failed" || counts.failed > 0) {
+        "ActiveWithSubgroupFailures"
+    } else {
+        "Active"
+    }
+}
+
+/// Whether a rollback policy fires: at least `count` failed devices and at least `percentage`
+/// percent of the subgroup failed.
+pub fn rollback_due(counts: Counts, count: u64, percentage: f64) -> bool {
+    if counts.total == 0 || counts.failed == 0 {
+        return false;
+    }
+    #[allow(clippy::cast_precision_loss)] // device counts are far below 2^52
+    let failed_percentage = counts.failed as f64 * 100.0 / counts.total as f64;
+    counts.failed >= count && failed_percentage >= percentage
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use duhub_proto::update_id::UpdateId;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::FleetRow;
+
+    fn deployment(id: &str, start: &str) -> StoredDeployment {
+        StoredDeployment {
+            deployment_id: id.into(),
+            group_id: "g".into(),
+            start_date_time: start.into(),
+            update: UpdateId::new("contoso", "toaster", "2.0"),
+            rollback_policy: None,
+            is_cloud_initiated_rollback: false,
+            download_security: None,
+            created_date_time: start.into(),
+            subgroups: BTreeMap::new(),
+            excluded_subgroups: Default::default(),
+            target_devices: None,
+            target_device_class: None,
+        }
+    }
+
+    fn subgroup(workflow: &str) -> SubgroupState {
+        SubgroupState {
+            workflow_id: workflow.into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            canceled: false,
+            retry_timestamp: None,
+            retry_count: 0,
+            retry_devices: Vec::new(),
+            rollback_deployment: None,
+        }
+    }
+
+    fn device(agent: serde_json::Value) -> DeviceView {
+        let mut agent = agent;
+        agent["deviceProperties"] = json!({"manufacturer": "contoso", "model": "toaster"});
+        let row = FleetRow {
+            device_id: "d".into(),
+            tags: json!({"ADUGroup": "g"}),
+            desired: json!({}),
+            reported: json!({"deviceUpdate": {"__t": "c", "agent": agent}}),
+            model_id: None,
+        };
+        DeviceView::from_row(&row).unwrap()
+    }
+
+    #[test]
+    fn device_states_follow_the_reports() {
+        let d = deployment("a", "2026-01-01T00:00:00Z");
+        let s = subgroup("w1");
+        let installed = "{\"provider\":\"contoso\",\"name\":\"toaster\",\"version\":\"2.0\"}";
+        let cases = [
+            (json!({}), DeviceState::InProgress),
+            (json!({"state": 6, "workflow": {"action": 3, "id": "w1"}}), DeviceState::InProgress),
+            (
+                json!({"state": 255, "workflow": {"action": 3, "id": "w1"}, "lastInstallResult": {"resultCode": 0}}),
+                DeviceState::Failed,
+            ),
+            (
+                json!({"state": 0, "workflow": {"action": 3, "id": "w1"}, "lastInstallResult": {"resultCode": 700}, "installedUpdateId": installed}),
+                DeviceState::Succeeded,
+            ),
+            // Defect 6.4-1 of agent 1.1.0: "in progress" again after success stays Succeeded.
+            (
+                json!({"state": 6, "workflow": {"action": 3, "id": "w1"}, "installedUpdateId": installed}),
+                DeviceState::Succeeded,
+            ),
+            (
+                json!({"state": 0, "workflow": {"action": 255, "id": "w1"}, "lastInstallResult": {"resultCode": -1}}),
+                DeviceState::Canceled,
+            ),
+            // A failure of another workflow is not this deployment's.
+            (json!({"state": 255, "workflow": {"action": 3, "id": "other"}}), DeviceState::InProgress),
+        ];
+        for (agent, expected) in cases {
+            assert_eq!(device_state(&d, &s, &device(agent.clone())), expected, "{agent}");
+        }
+        let canceled = SubgroupState { canceled: true, ..subgroup("w1") };
+        assert_eq!(device_state(&d, &canceled, &device(json!({}))), DeviceState::Canceled);
+    }
+
+    #[test]
+    fn the_latest_started_deployment_governs() {
+        let deployments = vec![
+            deployment("old", "2026-01-01T00:00:00Z"),
+            deployment("new", "2026-02-01T00:00:00Z"),
+            deployment("future", "2027-01-01T00:00:00Z"),
+        ];
+        let now = "2026-06-01T00:00:00Z";
+        let chosen = governing(&deployments, "g", "c", now, |_| true).unwrap();
+        assert_eq!(chosen.deployment_id, "new");
+        assert!(governing(&deployments, "g", "c", now, |_| false).is_none(), "nothing fits the class");
+        assert!(governing(&deployments, "other", "c", now, |_| true).is_none());
+    }
+
+    #[test]
+    fn rollback_needs_both_thresholds() {
+        let counts = Counts { total: 10, failed: 3, ..Counts::default() };
+        assert!(rollback_due(counts, 3, 30.0));
+        assert!(!rollback_due(counts, 4, 10.0), "count not reached");
+        assert!(!rollback_due(counts, 1, 31.0), "percentage not reached");
+        assert!(!rollback_due(Counts::default(), 0, 0.0), "no failures, no rollback");
+    }
+
+    #[test]
+    fn deployment_state_aggregates_subgroups() {
+        let c = Counts::default();
+        let failed = Counts { total: 1, failed: 1, ..Counts::default() };
+        let map = |items: &[(&str, &'static str, Counts)]| {
+            items.iter().map(|(k, s, c)| ((*k).to_owned(), (*s, *c))).collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(deployment_state(&map(&[("a", "Canceled", c), ("b", "Canceled", c)]), true), "Canceled");
+        assert_eq!(
+            deployment_state(&map(&[("a", "Active", failed), ("b", "Active", c)]), true),
+            "ActiveWithSubgroupFailures"
+        );
+        assert_eq!(deployment_state(&map(&[("a", "Active", c)]), true), "Active");
+        assert_eq!(deployment_state(&BTreeMap::new(), false), "Inactive");
+    }
+}

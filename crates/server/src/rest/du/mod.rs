@@ -1,0 +1,348 @@
+//! The Device Update data-plane REST API (`/deviceUpdate/{instanceId}/...`, api-versions
+//! 2022-10-01 and 2026-06-01) as the swagger defines it, plus duhub's own endpoints: uploads
+//! for the CLI (`.../duhub/uploads`), API tokens (`.../duhub/tokens`), and the unauthenticated
+//! downloads devices use (`/duhub/files/...`, `/duhub/rootkeypackage.json`).
+//!
+//! Every `/deviceUpdate` request passes [`guard`] first: a valid Bearer token (401), the
+//! configured instance id (404), a supported `api-version` (400).
+
+mod filter;
+mod management;
+mod updates;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::du::{API_VERSION_2022, API_VERSION_2026, DeviceUpdate, ServiceError};
+use crate::store::StoreError;
+
+/// What Device Update handlers need.
+#[derive(Clone)]
+pub struct DuState {
+    /// The service.
+    pub du: Arc<DeviceUpdate>,
+}
+
+/// The api-version of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiVersion(pub(crate) &'static str);
+
+/// A Device Update REST error: status, code, message, optional target.
+#[derive(Debug)]
+pub struct DuError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    target: Option<String>,
+}
+
+impl DuError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), target: None }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadArgument", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    pub(crate) fn with_target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+}
+
+impl From<ServiceError> for DuError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::NotFound(m) => Self::not_found(m),
+            ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, "Conflict", m),
+            ServiceError::Invalid(m) => Self::bad_request(m),
+            ServiceError::Store(StoreError::NotFound(id)) => Self::not_found(format!("device {id} not found")),
+            other => {
+                tracing::error!(error = %other, "Device Update request failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "internal error; see the server log",
+                )
+            }
+        }
+    }
+}
+
+impl From<StoreError> for DuError {
+    fn from(error: StoreError) -> Self {
+        ServiceError::Store(error).into()
+    }
+}
+
+impl IntoResponse for DuError {
+    fn into_response(self) -> Response {
+        let mut error =
+            json!({"code": self.code, "message": self.message, "occurredDateTime": crate::du::now_rfc3339()});
+        if let Some(target) = self.target {
+            error["target"] = target.into();
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// The Device Update routes.
+pub fn router(state: DuState) -> Router {
+    let du = "/deviceUpdate/{instance}";
+    let u = format!("{du}/updates");
+    let v = format!("{u}/providers/{{provider}}/names/{{name}}/versions/{{version}}");
+    let m = format!("{du}/management");
+    let g = format!("{m}/groups/{{group}}");
+    let s = format!("{g}/deviceClassSubgroups/{{class}}");
+    let d = format!("{m}/deviceDiagnostics");
+    let api = Router::new()
+        .route(&u, get(updates::list_updates))
+        .route(&format!("{du}/updates:import"), post(updates::import))
+        .route(&v, get(updates::get_update).delete(updates::delete_update))
+        .route(&format!("{u}/providers"), get(updates::list_providers))
+        .route(&format!("{u}/providers/{{provider}}/names"), get(updates::list_names))
+        .route(&format!("{u}/providers/{{provider}}/names/{{name}}/versions"), get(updates::list_versions))
+        .route(&format!("{v}/files"), get(updates::list_files))
+        .route(&format!("{v}/files/{{file}}"), get(updates::get_file))
+        .route(&format!("{u}/operations"), get(updates::list_operations))
+        .route(&format!("{u}/operations/{{operation}}"), get(updates::get_operation))
+        .route(&format!("{m}/deviceClasses"), get(management::list_device_classes))
+        .route(
+            &format!("{m}/deviceClasses/{{class}}"),
+            get(management::get_device_class)
+                .patch(management::update_device_class)
+                .delete(management::delete_device_class),
+        )
+        .route(&format!("{m}/deviceClasses/{{class}}/installableUpdates"), get(management::installable_updates))
+        .route(&format!("{m}/devices"), get(management::list_devices))
+        .route(&format!("{m}/devices:import"), post(management::import_devices))
+        .route(&format!("{m}/devices/{{device}}"), get(management::get_device))
+        .route(&format!("{m}/devices/{{device}}/modules/{{module}}"), get(management::get_device_module))
+        .route(&format!("{m}/updateCompliance"), get(management::compliance))
+        .route(&format!("{m}/groups"), get(management::list_groups))
+        .route(&g, get(management::get_group).delete(management::delete_group))
+        .route(&format!("{g}/updateCompliance"), get(management::group_compliance))
+        .route(&format!("{g}/bestUpdates"), get(management::group_best_updates))
+        .route(&format!("{g}/deployments"), get(management::list_group_deployments))
+        .route(
+            &format!("{g}/deployments/{{deployment}}"),
+            get(management::get_deployment).put(management::put_deployment).delete(management::delete_deployment),
+        )
+        .route(&format!("{g}/deployments/{{deployment}}/status"), get(management::deployment_status))
+        .route(&format!("{g}/deviceClassSubgroups"), get(management::list_subgroups))
+        .route(&s, get(management::get_subgroup).delete(management::delete_subgroup))
+        .route(&format!("{s}/updateCompliance"), get(management::subgroup_compliance))
+        .route(&format!("{s}/bestUpdates"), get(management::subgroup_best_update))
+        .route(&format!("{s}/deployments"), get(management::list_subgroup_deployments))
+        .route(
+            &format!("{s}/deployments/{{deployment}}"),
+            get(management::get_subgroup_deployment)
+                .delete(management::delete_subgroup_deployment)
+                .post(management::subgroup_deployment_action),
+        )
+        .route(&format!("{s}/deployments/{{deployment}}/status"), get(management::subgroup_deployment_status))
+        .route(&format!("{s}/deployments/{{deployment}}/devicestates"), get(management::subgroup_device_states))
+        .route(&format!("{m}/operations"), get(management::list_operations))
+        .route(&format!("{m}/operations/{{operation}}"), get(management::get_operation))
+        .route(&format!("{d}/logCollections"), get(management::not_supported))
+        .route(
+            &format!("{d}/logCollections/{{operation}}"),
+            get(management::not_supported).put(management::not_supported),
+        )
+        .route(&format!("{d}/logCollections/{{operation}}/detailedStatus"), get(management::not_supported))
+        .route(&format!("{d}/deviceHealth"), get(management::not_supported))
+        .route(&format!("{du}/duhub/uploads"), post(updates::upload))
+        .route(&format!("{du}/duhub/tokens"), get(management::list_tokens).post(management::create_token))
+        .route(&format!("{du}/duhub/tokens/{{token}}"), axum::routing::delete(management::revoke_token))
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state.clone());
+    Router::new()
+        .route("/duhub/rootkeypackage.json", get(updates::root_key_package))
+        .route("/duhub/files/{blob}/{name}", get(updates::download).head(updates::download))
+        .with_state(state)
+        .merge(api)
+}
+
+async fn fallback(uri: Uri) -> DuError {
+    DuError::not_found(format!("no such resource: {}", uri.path()))
+}
+
+/// Authentication, instance id and api-version of every `/deviceUpdate` request.
+async fn guard(State(state): State<DuState>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return unauthorized("send an API token as `Authorization: Bearer <token>`");
+    };
+    match state.du.store().api_token_valid(&token).await {
+        Ok(true) => {}
+        Ok(false) => return unauthorized("the API token is unknown or revoked"),
+        Err(error) => return DuError::from(error).into_response(),
+    }
+    let instance = request.uri().path().split('/').nth(2).unwrap_or_default();
+    if instance != state.du.settings().instance_id {
+        return DuError::new(
+            StatusCode::NOT_FOUND,
+            "InstanceNotFound",
+            format!("no Device Update instance {instance:?}"),
+        )
+        .into_response();
+    }
+    let version = query_param(request.uri(), "api-version");
+    let version = match version.as_deref() {
+        Some(API_VERSION_2022) => API_VERSION_2022,
+        Some(API_VERSION_2026) => API_VERSION_2026,
+        Some(other) => {
+            return DuError::new(
+                StatusCode::BAD_REQUEST,
+                "UnsupportedApiVersion",
+                format!("api-version {other:?} is not supported; use {API_VERSION_2022} or {API_VERSION_2026}"),
+            )
+            .with_target("api-version")
+            .into_response();
+        }
+        None => {
+            return DuError::new(
+                StatusCode::BAD_REQUEST,
+                "MissingApiVersionParameter",
+                "the api-version query parameter is required",
+            )
+            .with_target("api-version")
+            .into_response();
+        }
+    };
+    request.extensions_mut().insert(ApiVersion(version));
+    next.run(request).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = DuError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// A query parameter, percent-decoded.
+pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(key) == name).then(|| decode(value))
+    })
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One page of `items` as `{"value": [...], "nextLink": "..."}`: pages are `page_size` long
+/// and continue with `skipToken=<offset>` on the request's own path and query.
+pub(crate) fn page(du: &DeviceUpdate, uri: &Uri, items: Vec<Value>) -> Result<Json<Value>, DuError> {
+    let size = du.settings().page_size;
+    let offset = match query_param(uri, "skipToken") {
+        Some(token) => token
+            .parse::<usize>()
+            .map_err(|_| DuError::bad_request("skipToken is not valid").with_target("skipToken"))?,
+        None => 0,
+    };
+    let top = match query_param(uri, "top") {
+        Some(top) => Some(
+            top.parse::<usize>()
+                .map_err(|_| DuError::bad_request("top must be a positive number").with_target("top"))?,
+        ),
+        None => None,
+    };
+    let mut items = items;
+    if let Some(top) = top {
+        items.truncate(top);
+    }
+    let total = items.len();
+    let value: Vec<Value> = items.into_iter().skip(offset).take(size).collect();
+    let mut body = json!({ "value": value });
+    if offset + size < total {
+        let kept: Vec<&str> = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty() && !pair.starts_with("skipToken="))
+            .collect();
+        let mut query = kept.join("&");
+        if !query.is_empty() {
+            query.push('&');
+        }
+        body["nextLink"] = format!("{}?{query}skipToken={}", uri.path(), offset + size).into();
+    }
+    Ok(Json(body))
+}
+
+/// `If-None-Match` matches `etag` (quoted or not).
+pub(crate) fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    let bare = etag.trim_matches('"');
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim().trim_start_matches("W/").trim_matches('"') == bare))
+}
+
+/// A 202 with `Operation-Location`.
+pub(crate) fn accepted(location: String) -> Response {
+    let mut response = StatusCode::ACCEPTED.into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert("Operation-Location", value);
+    }
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        let uri: Uri = "/x?api-version=2022-10-01&filter=groupId%20eq%20%27a%27&search=a+b".parse().unwrap();
+        assert_eq!(query_param(&uri, "api-version").as_deref(), Some("2022-10-01"));
+        assert_eq!(query_param(&uri, "filter").as_deref(), Some("groupId eq 'a'"));
+        assert_eq!(query_param(&uri, "search").as_deref(), Some("a b"));
+        assert_eq!(query_param(&uri, "missing"), None);
+        let odd: Uri = "/x?a=%2".parse().unwrap();
+        assert_eq!(query_param(&odd, "a").as_deref(), Some("%2"));
+    }
+}
