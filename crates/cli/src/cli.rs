@@ -13,7 +13,8 @@ pub fn command() -> clap::Command {
 #[derive(Debug, Parser)]
 #[command(name = "duhub", version, propagate_version = true)]
 #[command(after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.\n\
-Exit codes: 0 success, 1 invalid input (validate/verify), 2 usage or I/O error.")]
+Exit codes: 0 success, 1 invalid input (validate/verify) or a failure the server reported,\n\
+2 usage or I/O error.")]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -23,7 +24,7 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write, hash and validate import manifests.
+    /// Write and check import manifests; import, list, show and delete updates on a server.
     #[command(subcommand)]
     Update(UpdateCommand),
     /// Manage an instance's signing keys and root key package.
@@ -43,6 +44,22 @@ pub enum Command {
     /// Manage device identities on a running server.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Device groups and their device class subgroups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Device classes: devices that share compatibility properties.
+    #[command(subcommand)]
+    DeviceClass(DeviceClassCommand),
+    /// Deploy updates to groups, follow, cancel and retry deployments.
+    #[command(subcommand)]
+    Deployment(DeploymentCommand),
+    /// How many devices are on the latest update: all, a group's or a subgroup's.
+    #[command(after_help = "Examples:\n  duhub compliance\n  duhub compliance --group line-1\n  \
+duhub compliance --group line-1 --device-class 3ebe2a9a5ecc9b2ea71b6c0e9e5cd6e6bb5d8f8b --json")]
+    Compliance(ComplianceArgs),
+    /// Manage the bearer tokens of the Device Update REST API.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 /// Arguments of `duhub serve`.
@@ -147,6 +164,373 @@ pub enum UpdateCommand {
     /// Exits 0 when valid, 1 when invalid (listing every problem with its JSON pointer),
     /// 2 when the file cannot be read.
     Validate(ValidateArgs),
+    /// Upload an import manifest and its files to a server and import the update.
+    ///
+    /// Without FILE arguments, the files the manifest lists (`files[].filename` and their
+    /// `relatedFiles`) are taken from the manifest's directory; with FILE arguments, those files
+    /// are uploaded under their file names, which the manifest must list. Every file is checked
+    /// before anything is uploaded. Each file goes up with a progress bar on stderr; then the
+    /// import is started and followed until it succeeds (printing the update id) or fails
+    /// (printing the server's error, exit 1). With --json the final operation is printed.
+    #[command(after_help = "Examples:\n  duhub update import ./toaster-1.0.importmanifest.json\n  \
+duhub update import toaster.importmanifest.json build/fw.swu build/delta.json \\\n    \
+--friendly-name \"Toaster 1.0\"\n  \
+duhub update import toaster.importmanifest.json --no-wait --json")]
+    Import(UpdateImportArgs),
+    /// List the updates on a server, the names of a provider, or the versions of a name.
+    ///
+    /// Without --provider: every update (provider, name, version, friendly name, import date).
+    /// With --provider: the update names of that provider. With --provider and --name: the
+    /// versions. --filter is passed to the server (e.g. "isDeployable eq false") for all updates
+    /// and for versions.
+    #[command(after_help = "Examples:\n  duhub update list\n  duhub update list --provider Contoso\n  \
+duhub update list --provider Contoso --name Toaster --json")]
+    List(UpdateListArgs),
+    /// Show an update; with --files also its files (names, sizes, hashes, related files).
+    #[command(after_help = "Examples:\n  duhub update show Contoso Toaster 1.0\n  \
+duhub update show Contoso Toaster 1.0 --files --json")]
+    Show(UpdateShowArgs),
+    /// Delete an update and its files, following the deletion until it is done.
+    #[command(after_help = "Examples:\n  duhub update delete Contoso Toaster 1.0\n  \
+duhub update delete Contoso Toaster 1.0 --no-wait --json")]
+    Delete(UpdateDeleteArgs),
+}
+
+/// How Device Update commands find the server: `admin.json`, written by `duhub serve`, and
+/// the instance.
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// The server's admin.json [default: ./duhub-data/admin.json].
+    #[arg(long, env = "DUHUB_ADMIN", value_name = "FILE")]
+    pub admin: Option<PathBuf>,
+    /// Device Update instance [default: admin.json's instanceId, else "default"].
+    #[arg(long, env = "DUHUB_INSTANCE", value_name = "ID")]
+    pub instance: Option<String>,
+    /// Print the JSON the server returned (lists: one array of all pages).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `duhub update import`.
+#[derive(Debug, Args)]
+pub struct UpdateImportArgs {
+    /// The import manifest (v4.0 or v5.0).
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+    /// The update's files [default: the files the manifest lists, from its directory].
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// A friendly name for the update.
+    #[arg(long, value_name = "NAME")]
+    pub friendly_name: Option<String>,
+    /// Start the import and print where to follow it, without waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Arguments of `duhub update list`.
+#[derive(Debug, Args)]
+pub struct UpdateListArgs {
+    /// List the update names of this provider (with --name: the versions).
+    #[arg(long, value_name = "PROVIDER")]
+    pub provider: Option<String>,
+    /// List the versions of this update name (needs --provider).
+    #[arg(long, value_name = "NAME", requires = "provider")]
+    pub name: Option<String>,
+    /// Server-side filter for all updates or for versions, e.g. "isDeployable eq false".
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Option<String>,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// An update id given as three arguments.
+#[derive(Debug, Args)]
+pub struct UpdateIdArgs {
+    /// Update provider.
+    #[arg(value_name = "PROVIDER")]
+    pub provider: String,
+    /// Update name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Update version.
+    #[arg(id = "update_version", value_name = "VERSION")]
+    pub version: String,
+}
+
+/// Arguments of `duhub update show`.
+#[derive(Debug, Args)]
+pub struct UpdateShowArgs {
+    /// The update.
+    #[command(flatten)]
+    pub update: UpdateIdArgs,
+    /// Also list the update's files (JSON: {"update", "files"}).
+    #[arg(long)]
+    pub files: bool,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Arguments of `duhub update delete`.
+#[derive(Debug, Args)]
+pub struct UpdateDeleteArgs {
+    /// The update.
+    #[command(flatten)]
+    pub update: UpdateIdArgs,
+    /// Start the deletion and print where to follow it, without waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// `duhub group ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List the device groups with their device counts and active deployments.
+    #[command(after_help = "Examples:\n  duhub group list\n  duhub group list --json")]
+    List(DuArgs),
+    /// Show a group, its device class subgroups, the best update for each, and its compliance.
+    ///
+    /// With --json: {"group", "deviceClassSubgroups", "bestUpdates", "updateCompliance"}.
+    #[command(after_help = "Examples:\n  duhub group show line-1\n  duhub group show '$default' --json")]
+    Show(GroupArgs),
+}
+
+/// A group and the server.
+#[derive(Debug, Args)]
+pub struct GroupArgs {
+    /// Group id (the device twin's ADUGroup tag, or $default).
+    #[arg(value_name = "GROUP")]
+    pub group: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// `duhub device-class ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceClassCommand {
+    /// List the device classes with their compatibility properties and best compatible update.
+    #[command(after_help = "Examples:\n  duhub device-class list\n  duhub device-class list --json")]
+    List(DuArgs),
+    /// Show a device class and the updates installable on it.
+    ///
+    /// With --json: {"deviceClass", "installableUpdates"}.
+    #[command(after_help = "Examples:\n  duhub device-class show 3ebe2a9a5ecc9b2ea71b6c0e9e5cd6e6bb5d8f8b")]
+    Show(DeviceClassArgs),
+}
+
+/// A device class and the server.
+#[derive(Debug, Args)]
+pub struct DeviceClassArgs {
+    /// Device class id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// `duhub deployment ...`
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// Deploy an update to a group (or replace the deployment of that id).
+    ///
+    /// The deployment starts at --start (RFC 3339, default now). With a rollback policy, devices
+    /// that fail are sent the rollback update once --rollback-failed-count devices and
+    /// --rollback-failed-percent percent of the subgroup have failed.
+    #[command(after_help = "Examples:\n  duhub deployment create line-1 toaster-1-0 --update Contoso/Toaster/1.0\n  \
+duhub deployment create line-1 toaster-1-0 --update Contoso/Toaster/1.0 \\\n    \
+--start 2026-12-01T02:00:00Z --rollback-update Contoso/Toaster/0.9 \\\n    \
+--rollback-failed-count 5 --rollback-failed-percent 10")]
+    Create(DeploymentCreateArgs),
+    /// List the deployments of a group.
+    #[command(after_help = "Examples:\n  duhub deployment list line-1")]
+    List(GroupArgs),
+    /// Show a deployment.
+    #[command(after_help = "Examples:\n  duhub deployment show line-1 toaster-1-0 --json")]
+    Show(DeploymentArgs),
+    /// Show the state of a deployment in each device class subgroup; with --devices, each device.
+    ///
+    /// With --devices and --json: {"status", "deviceStates": [{"deviceClassId", "devices"}]}.
+    #[command(after_help = "Examples:\n  duhub deployment status line-1 toaster-1-0\n  \
+duhub deployment status line-1 toaster-1-0 --devices")]
+    Status(DeploymentStatusArgs),
+    /// Stop a deployment in one device class subgroup, or in all of its subgroups.
+    ///
+    /// With --json: an array of the deployments the server returned, one per subgroup.
+    #[command(after_help = "Examples:\n  duhub deployment cancel line-1 toaster-1-0\n  \
+duhub deployment cancel line-1 toaster-1-0 --device-class 3ebe2a9a5ecc9b2ea71b6c0e9e5cd6e6bb5d8f8b")]
+    Cancel(DeploymentSubgroupArgs),
+    /// Retry a deployment on the devices that failed, in one device class subgroup or in all.
+    ///
+    /// With --json: an array of the deployments the server returned, one per subgroup.
+    #[command(after_help = "Examples:\n  duhub deployment retry line-1 toaster-1-0")]
+    Retry(DeploymentSubgroupArgs),
+    /// Delete a deployment.
+    #[command(after_help = "Examples:\n  duhub deployment delete line-1 toaster-1-0")]
+    Delete(DeploymentArgs),
+}
+
+/// Arguments of `duhub deployment create`.
+#[derive(Debug, Args)]
+pub struct DeploymentCreateArgs {
+    /// Group id.
+    #[arg(value_name = "GROUP")]
+    pub group: String,
+    /// Deployment id (lower case, at most 73 characters).
+    #[arg(value_name = "DEPLOYMENT_ID")]
+    pub deployment: String,
+    /// The update to deploy.
+    #[arg(long, value_name = "PROVIDER/NAME/VERSION", value_parser = crate::cli::parse_update_id)]
+    pub update: duhub_proto::UpdateId,
+    /// When the deployment starts (RFC 3339) [default: now].
+    #[arg(long, value_name = "RFC3339", value_parser = crate::cli::parse_start)]
+    pub start: Option<time::OffsetDateTime>,
+    /// Rollback policy: the update failed devices are sent back to.
+    #[arg(
+        long,
+        value_name = "PROVIDER/NAME/VERSION",
+        value_parser = crate::cli::parse_update_id,
+        requires_all = ["rollback_failed_count", "rollback_failed_percent"]
+    )]
+    pub rollback_update: Option<duhub_proto::UpdateId>,
+    /// Rollback policy: how many devices must have failed.
+    #[arg(long, value_name = "N", requires = "rollback_update")]
+    pub rollback_failed_count: Option<u32>,
+    /// Rollback policy: what percentage of the devices must have failed.
+    #[arg(
+        long,
+        value_name = "P",
+        requires = "rollback_update",
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    pub rollback_failed_percent: Option<u8>,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// A deployment of a group and the server.
+#[derive(Debug, Args)]
+pub struct DeploymentArgs {
+    /// Group id.
+    #[arg(value_name = "GROUP")]
+    pub group: String,
+    /// Deployment id.
+    #[arg(value_name = "ID")]
+    pub deployment: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Arguments of `duhub deployment status`.
+#[derive(Debug, Args)]
+pub struct DeploymentStatusArgs {
+    /// Group id.
+    #[arg(value_name = "GROUP")]
+    pub group: String,
+    /// Deployment id.
+    #[arg(value_name = "ID")]
+    pub deployment: String,
+    /// Also list every device of every subgroup with its state.
+    #[arg(long)]
+    pub devices: bool,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Arguments of `duhub deployment cancel|retry`.
+#[derive(Debug, Args)]
+pub struct DeploymentSubgroupArgs {
+    /// Group id.
+    #[arg(value_name = "GROUP")]
+    pub group: String,
+    /// Deployment id.
+    #[arg(value_name = "ID")]
+    pub deployment: String,
+    /// Only this device class subgroup [default: every subgroup of the deployment].
+    #[arg(long, value_name = "CLASS")]
+    pub device_class: Option<String>,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Arguments of `duhub compliance`.
+#[derive(Debug, Args)]
+pub struct ComplianceArgs {
+    /// Only the devices of this group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Only the devices of this device class subgroup of --group.
+    #[arg(long, value_name = "CLASS", requires = "group")]
+    pub device_class: Option<String>,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// `duhub token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// List the API tokens (never their secrets).
+    #[command(after_help = "Examples:\n  duhub token list")]
+    List(DuArgs),
+    /// Create an API token and print it once: it cannot be shown again.
+    #[command(after_help = "Examples:\n  duhub token create ci-pipeline\n  duhub token create ci-pipeline --json")]
+    Create(TokenCreateArgs),
+    /// Revoke an API token: requests bearing it are refused from now on.
+    #[command(after_help = "Examples:\n  duhub token revoke 7f3c2a90")]
+    Revoke(TokenRevokeArgs),
+}
+
+/// Arguments of `duhub token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A name saying who or what uses the token.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Arguments of `duhub token revoke`.
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// Token id (see `duhub token list`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
+}
+
+/// Parses `PROVIDER/NAME/VERSION`.
+pub fn parse_update_id(text: &str) -> Result<duhub_proto::UpdateId, String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.as_slice() {
+        [provider, name, version] if !provider.is_empty() && !name.is_empty() && !version.is_empty() => {
+            Ok(duhub_proto::UpdateId::new(*provider, *name, *version))
+        }
+        _ => Err(format!("expected PROVIDER/NAME/VERSION, e.g. Contoso/Toaster/1.0, not '{text}'")),
+    }
+}
+
+/// Parses an RFC 3339 date and time, e.g. `2026-12-01T02:00:00Z`.
+pub fn parse_start(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected an RFC 3339 date and time such as 2026-12-01T02:00:00Z ({e})"))
 }
 
 /// `duhub update init ...`
@@ -318,4 +702,14 @@ pub struct VerifyArgs {
     /// Print {"valid", "extendedResultCode", "detail"}.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_tree_is_consistent() {
+        // Clap checks ids, names and requirements of every subcommand only when it is used;
+        // this checks them all at once.
+        super::command().debug_assert();
+    }
 }

@@ -1,5 +1,6 @@
 //! `duhub`: the operator command line. Parses arguments, sets up logging, runs the command and
-//! maps the outcome to an exit code: 0 success, 1 "invalid" verdicts, 2 usage or I/O errors.
+//! maps the outcome to an exit code: 0 success, 1 "invalid" verdicts and failures the server
+//! reported, 2 usage or I/O errors.
 
 use std::process::ExitCode;
 

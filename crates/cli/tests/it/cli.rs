@@ -13,7 +13,8 @@ fn top_level_help_lists_the_commands_and_exit_codes() {
             "keys ",
             "manifest ",
             "--version",
-            "Exit codes: 0 success, 1 invalid input (validate/verify), 2 usage or I/O error.",
+            "Exit codes: 0 success, 1 invalid input (validate/verify) or a failure the server reported,\n\
+             2 usage or I/O error.",
         ],
     );
 }

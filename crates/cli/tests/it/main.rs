@@ -1,11 +1,13 @@
 //! Integration tests of the `duhub` binary: every test runs the built executable as a process and
 //! checks its exit code, stdout, stderr and the files it writes.
 //!
-//! Exit codes under test: 0 success or valid, 1 invalid (validate/verify), 2 usage or I/O error.
+//! Exit codes under test: 0 success or valid, 1 invalid (validate/verify) or a failure the server
+//! reported, 2 usage or I/O error.
 #![allow(clippy::unwrap_used)]
 
 mod cli;
 mod cluster;
+mod du;
 mod keys;
 mod manifest;
 mod support;

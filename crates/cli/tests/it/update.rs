@@ -91,7 +91,7 @@ fn assert_recent_timestamp(created: &str) {
 
 #[test]
 fn help_of_every_update_command_lists_its_options() {
-    assert_help(&["update"], &["init", "hash", "validate"]);
+    assert_help(&["update"], &["init", "hash", "validate", "import", "list", "show", "delete"]);
     assert_help(&["update", "init"], &["v5"]);
     assert_help(
         &["update", "init", "v5"],
