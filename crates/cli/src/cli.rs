@@ -89,6 +89,16 @@ pub struct ServeArgs {
     /// sqlite://FILE or postgres://USER@HOST/DB [default: SQLite in the data directory].
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Device Update instance id of REST paths (/deviceUpdate/ID/...) [default: default].
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Base URL devices download update files and the root key package from, when it is not
+    /// https://HOSTNAME:HTTPS_PORT (e.g. behind a reverse proxy or CDN).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Signing key store [default: DATA_DIR/keys, created on first start; see `duhub keys`].
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
     /// Print the startup summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -5,6 +5,7 @@
 //! rumqttc event loop), so that ten thousand connections stay cheap on the client side.
 
 mod common;
+mod deploy;
 mod idle;
 mod provision;
 mod reported;
@@ -31,6 +32,7 @@ Typical session:
       --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --server-pid $SERVER_PID --hold 30
   duhub-loadgen reported --admin /tmp/hub/admin.json --count 1000 --duration 20 \\
       --server-pid $SERVER_PID
+  duhub-loadgen deploy --admin /tmp/hub/admin.json --count 1000
 
 Results go to stdout (human-readable, or one JSON document with --json); progress goes to stderr.";
 
@@ -53,6 +55,10 @@ enum Command {
     /// Connect N devices, each sending reported-property patches back to back (QoS 1, waiting
     /// for the 204 twin response before the next); measure patches/s and request→204 latency.
     Reported(ReportedArgs),
+    /// Connect N devices that report a Device Update agent (a class of their own), import an
+    /// update, deploy it to their group, and measure the time until every device has received
+    /// its desired `deviceUpdate.service`.
+    Deploy(DeployArgs),
 }
 
 /// Options every subcommand shares.
@@ -157,6 +163,23 @@ struct ReportedArgs {
     server_pid: Option<u32>,
 }
 
+#[derive(Debug, Args)]
+struct DeployArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Group to deploy to (the devices' `ADUGroup` tag; `$default` for untagged devices).
+    #[arg(long, default_value = "$default", value_name = "GROUP")]
+    group: String,
+    /// Device Update instance id.
+    #[arg(long, default_value = "default", value_name = "ID")]
+    instance: String,
+    /// Give up waiting for devices after this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    timeout: u64,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -176,6 +199,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Provision(a) => a.common.threads,
         Command::Idle(a) => a.common.threads,
         Command::Reported(a) => a.common.threads,
+        Command::Deploy(a) => a.common.threads,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -188,6 +212,7 @@ fn run(cli: Cli) -> Result<bool> {
             Command::Provision(args) => provision::run(args).await,
             Command::Idle(args) => idle::run(args).await,
             Command::Reported(args) => reported::run(args).await,
+            Command::Deploy(args) => deploy::run(args).await,
         }
     })
 }

@@ -23,6 +23,9 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
         mqtt_port: args.mqtt_port,
         mqtt_plain_port: args.mqtt_plain_port,
         database_url: args.database_url.clone(),
+        instance_id: args.instance_id.clone(),
+        public_url: args.public_url.clone(),
+        keys_dir: args.keys_dir.clone(),
         ..Settings::default()
     });
     let config = Config::resolve(settings);
@@ -38,6 +41,8 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
                 "caCertificate": running.admin.ca_certificate,
                 "serviceConnectionString": running.admin.service_connection_string,
                 "database": duhub_server::server::redact(&config.database_url),
+                "deviceUpdate": format!("{}/deviceUpdate/{}", running.admin.https_url, running.admin.instance_id),
+                "keysDir": running.admin.keys_dir,
             }))?;
         } else {
             banner(&config, &running);
@@ -62,6 +67,8 @@ fn banner(config: &Config, running: &duhub_server::server::Running) {
         println!("  MQTT without TLS:                 {plain} (trusted networks only)");
     }
     println!("  database:                         {}", duhub_server::server::redact(&config.database_url));
+    println!("  Device Update API:                {}/deviceUpdate/{}", admin.https_url, admin.instance_id);
+    println!("  update signing keys:              {} (agents trust rootkeys.json)", admin.keys_dir.display());
     println!();
     println!("The server's certificate is issued by a private CA. Trust it where devices and tools connect:");
     println!("  CA certificate: {}", admin.ca_certificate.display());
@@ -77,7 +84,9 @@ fn banner(config: &Config, running: &duhub_server::server::Running) {
     println!();
     println!("Service connection string (keep it secret): {}", admin.service_connection_string);
     println!("CLI commands on this machine read {}.", running.admin_path.display());
+    println!("The Device Update API token is apiToken in that file (`duhub token create NAME` makes more).");
     println!("Create a device:  duhub device create my-device");
+    println!("Import an update: duhub update import contoso.toaster.1.0.importmanifest.json");
 }
 
 async fn wait_for_stop() {

@@ -230,3 +230,95 @@ async fn a_refused_request_exits_1_with_the_servers_error() {
     assert!(error.get("code").and_then(Value::as_str).is_some_and(|c| !c.is_empty()), "{value}");
     assert!(error.get("message").and_then(Value::as_str).is_some(), "{value}");
 }
+
+/// Runs the built `duhub` with `args` on a blocking thread; returns (exit code, stdout JSON).
+async fn cli_json(args: Vec<String>) -> (i32, Value) {
+    tokio::task::spawn_blocking(move || {
+        let output = duhub().args(&args).arg("--json").output().unwrap();
+        let code = output.status.code().unwrap_or(-1);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{args:?}: not JSON: {text}\n{}", String::from_utf8_lossy(&output.stderr)));
+        (code, value)
+    })
+    .await
+    .unwrap()
+}
+
+/// The README's flow on a real `duhub serve`: import with the CLI (uploads), a device reports
+/// its agent, deploy with the CLI, the device gets the deployment, reports success, and the
+/// CLI's status and compliance show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_flow_imports_deploys_and_watches_status() {
+    let root = temp_dir();
+    let node = ServeProcess::start(&PathBuf::from(env!("CARGO_BIN_EXE_duhub")), &root.path().join("data"), None)
+        .await
+        .unwrap();
+    let admin = root.path().join("data/admin.json").display().to_string();
+    let updates = root.path().join("updates");
+    std::fs::create_dir_all(&updates).unwrap();
+    let fixture = duhub_testkit::ImportFixture::new(
+        "contoso",
+        "toaster",
+        "1.0",
+        &[("manufacturer", "contoso"), ("model", "toaster")],
+        &[("install.sh", b"#!/bin/sh\necho installed\n")],
+    );
+    fixture.write(&updates).unwrap();
+    let manifest = updates.join(fixture.manifest_name()).display().to_string();
+    let args = |words: &[&str]| -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).chain(["--admin".to_owned(), admin.clone()]).collect()
+    };
+
+    let (code, operation) = cli_json(args(&["update", "import", &manifest])).await;
+    assert_eq!(code, 0, "{operation}\n{}", node.log());
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    let (code, listed) = cli_json(args(&["update", "list"])).await;
+    assert_eq!(code, 0);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let (code, again) = cli_json(args(&["update", "import", &manifest])).await;
+    assert_eq!(code, 1, "importing the same update again fails: {again}");
+
+    // A device with an agent in group "lab".
+    let service = node.service().unwrap();
+    let (key, _) = service.create_device("toaster-1").await.unwrap();
+    service
+        .request(reqwest::Method::PATCH, "/twins/toaster-1")
+        .json(&json!({"tags": {"ADUGroup": "lab"}}))
+        .send()
+        .await
+        .unwrap();
+    let mut device = node.connect_device("toaster-1", &key).await;
+    device.subscribe_desired().await.unwrap();
+    let startup = json!({"deviceUpdate": {"__t": "c", "agent": {
+        "deviceProperties": {"manufacturer": "contoso", "model": "toaster", "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;3"},
+        "compatPropertyNames": "manufacturer,model"}}});
+    device.patch_reported(&startup).await.unwrap();
+    let (code, groups) = cli_json(args(&["group", "list"])).await;
+    assert_eq!(code, 0);
+    assert!(groups.to_string().contains("\"lab\""), "{groups}");
+
+    let (code, deployment) =
+        cli_json(args(&["deployment", "create", "lab", "rollout-1", "--update", "contoso/toaster/1.0"])).await;
+    assert_eq!(code, 0, "{deployment}");
+    let service_property = loop {
+        let patch = device.next_desired(std::time::Duration::from_secs(20)).await.unwrap();
+        if let Some(service) = patch.body.pointer("/deviceUpdate/service").filter(|s| s.get("workflow").is_some()) {
+            break service.clone();
+        }
+    };
+    let workflow = service_property["workflow"]["id"].as_str().unwrap().to_owned();
+    let done = json!({"deviceUpdate": {"__t": "c", "agent": {
+        "state": 0, "workflow": {"action": 3, "id": workflow},
+        "lastInstallResult": {"resultCode": 700, "extendedResultCodes": "00000000", "resultDetails": null},
+        "installedUpdateId": "{\"provider\":\"contoso\",\"name\":\"toaster\",\"version\":\"1.0\"}"}}});
+    device.patch_reported(&done).await.unwrap();
+
+    let (code, status) = cli_json(args(&["deployment", "status", "lab", "rollout-1", "--devices"])).await;
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(status["status"]["subgroupStatus"][0]["devicesCompletedSucceededCount"], 1, "{status}");
+    assert!(status.to_string().contains("\"Succeeded\""), "{status}");
+    let (code, compliance) = cli_json(args(&["compliance"])).await;
+    assert_eq!(code, 0);
+    assert_eq!(compliance["onLatestUpdateDeviceCount"], 1, "{compliance}");
+}
