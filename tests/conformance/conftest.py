@@ -11,9 +11,15 @@ The database is SQLite in the data directory, or PostgreSQL when `--database-url
 
 `$DUHUB_TEST_WEBSOCKET_PORT443=1` starts HTTPS on port 443 (MQTT over WebSocket is only reachable
 there for the SDK) and enables the WebSocket test.
+
+For the Device Update tests: `du_client` is Microsoft's `DeviceUpdateClient` for the server's
+REST API (Bearer token from admin.json), and `file_server` a plain-HTTP server on 127.0.0.1 that
+imports fetch import manifests and payload files from.
 """
 
 import contextlib
+import functools
+import http.server
 import json
 import os
 import queue
@@ -94,6 +100,25 @@ class Server:
     def device_connection_string(self, device_id, key, hostname="localhost"):
         """The connection string a user builds for a device: IoT Hub's format, no port."""
         return f"HostName={hostname};DeviceId={device_id};SharedAccessKey={key}"
+
+    @property
+    def https_port(self):
+        return int(self.https.rsplit(":", 1)[1])
+
+    @property
+    def api_token(self):
+        """The Bearer token of the Device Update REST API (admin.json `apiToken`)."""
+        return self.admin["apiToken"]
+
+    @property
+    def instance_id(self):
+        """The Device Update instance id (admin.json `instanceId`)."""
+        return self.admin.get("instanceId", "default")
+
+    @property
+    def du_endpoint(self):
+        """What `DeviceUpdateClient(endpoint=...)` takes: a host name, with the port unless 443."""
+        return "localhost" if self.https_port == 443 else f"localhost:{self.https_port}"
 
 
 def _redact(url):
@@ -325,6 +350,73 @@ def device_client(duhub):
     for client in clients:
         with contextlib.suppress(Exception):
             support.within(15, client.shutdown)
+
+
+class FileServer:
+    """A plain-HTTP server on 127.0.0.1 serving `directory` (what imports fetch from)."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        handler = functools.partial(_QuietFileHandler, directory=str(self.directory))
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="file-server", daemon=True)
+        self._thread.start()
+
+    def url(self, relative_path):
+        return f"{self.base_url}/{urllib.parse.quote(str(relative_path))}"
+
+    def put(self, relative_path, data):
+        """Writes `data` (bytes) to `relative_path` under the served directory; returns its URL."""
+        path = self.directory / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return self.url(relative_path)
+
+    def close(self):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class _QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory):
+    """A `FileServer` for the session."""
+    server = FileServer(tmp_path_factory.mktemp("import-files"))
+    yield server
+    server.close()
+
+
+def _restore_port(request):
+    """`raw_request_hook` for `azure-iot-deviceupdate` 1.1.0, which URL-quotes the endpoint
+    (`localhost:8443` becomes `localhost%3A8443`): puts the `:` back into the host."""
+    http_request = request.http_request
+    host = http_request.url.split("/")[2]
+    if "%3A" in host:
+        http_request.url = http_request.url.replace(host, host.replace("%3A", ":"), 1)
+
+
+@pytest.fixture(scope="session")
+def du_client(duhub):
+    """Microsoft's `DeviceUpdateClient` (azure-iot-deviceupdate, unmodified) for duhub's Device
+    Update REST API, authenticated with admin.json's API token, trusting the server's CA."""
+    from azure.core.credentials import AccessToken
+    from azure.iot.deviceupdate import DeviceUpdateClient
+
+    class StaticToken:
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken(duhub.api_token, int(time.time()) + 3600)
+
+    client = DeviceUpdateClient(endpoint=duhub.du_endpoint, instance_id=duhub.instance_id, credential=StaticToken(),
+                                connection_verify=str(duhub.ca_path), raw_request_hook=_restore_port,
+                                polling_interval=1, retry_total=0)
+    yield client
+    client.close()
 
 
 @pytest.hookimpl(tryfirst=True)

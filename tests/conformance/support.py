@@ -6,6 +6,9 @@ deadline (`wait_until()`), never a bare sleep.
 """
 
 import base64
+import datetime
+import hashlib
+import json
 import os
 import secrets
 import threading
@@ -87,3 +90,57 @@ def without_version(properties):
 def websocket_enabled():
     """`DUHUB_TEST_WEBSOCKET_PORT443=1`: the server's HTTPS runs on 443, so MQTT over WebSocket is testable."""
     return os.environ.get("DUHUB_TEST_WEBSOCKET_PORT443") == "1"
+
+
+def sha256_b64(data):
+    """Base64 of the SHA-256 of `data`, as import manifests and the REST API write hashes."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def utc_now(offset_seconds=0):
+    """UTC now (plus `offset_seconds`) as `2026-01-01T12:00:00Z`."""
+    moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=offset_seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def import_manifest_v5(update_id, compatibility, files, handler="microsoft/script:1", handler_properties=None,
+                       description=None):
+    """An import manifest v5 as `az iot du update init v5` writes it (protocol reference §2.1):
+    one inline step over every file of `files` (name -> bytes)."""
+    manifest = {
+        "manifestVersion": "5.0",
+        "createdDateTime": utc_now(),
+        "updateId": {"name": update_id["name"], "provider": update_id["provider"], "version": update_id["version"]},
+    }
+    if description is not None:
+        manifest["description"] = description
+    step = {"type": "inline", "handler": handler, "files": list(files)}
+    if handler_properties is not None:
+        step["handlerProperties"] = handler_properties
+    manifest.update({
+        "compatibility": compatibility,
+        "instructions": {"steps": [step]},
+        "files": [{"hashes": {"sha256": sha256_b64(data)}, "filename": name, "sizeInBytes": len(data)}
+                  for name, data in files.items()],
+    })
+    return manifest
+
+
+def publish_update(file_server, manifest, files, friendly_name=None):
+    """Serves an import manifest and its files from `file_server` (under a directory of their
+    own) and returns the `ImportUpdateInputItem` that imports them."""
+    update_id = manifest["updateId"]
+    folder = f"{update_id['provider']}.{update_id['name']}.{update_id['version']}-{secrets.token_hex(4)}"
+    manifest_bytes = json.dumps(manifest, indent=2).encode()
+    manifest_name = f"{update_id['provider']}.{update_id['name']}.{update_id['version']}.importmanifest.json"
+    item = {
+        "importManifest": {
+            "url": file_server.put(f"{folder}/{manifest_name}", manifest_bytes),
+            "sizeInBytes": len(manifest_bytes),
+            "hashes": {"sha256": sha256_b64(manifest_bytes)},
+        },
+        "files": [{"filename": name, "url": file_server.put(f"{folder}/{name}", data)} for name, data in files.items()],
+    }
+    if friendly_name is not None:
+        item["friendlyName"] = friendly_name
+    return item

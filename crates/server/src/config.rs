@@ -115,7 +115,7 @@ impl Settings {
             keys_dir: None,
             content_dir: None,
             page_size: Some(100),
-            reconcile_interval_ms: Some(2000),
+            reconcile_interval_ms: Some(5000),
         }
     }
 
@@ -184,7 +184,7 @@ impl Config {
             keys_dir: s.keys_dir.unwrap_or_else(|| data_dir.join("keys")),
             content_dir: s.content_dir.unwrap_or_else(|| data_dir.join("content")),
             page_size: s.page_size.unwrap_or(100).max(1),
-            reconcile_interval: std::time::Duration::from_millis(s.reconcile_interval_ms.unwrap_or(2000).max(10)),
+            reconcile_interval: std::time::Duration::from_millis(s.reconcile_interval_ms.unwrap_or(5000).max(10)),
             data_dir,
         }
     }

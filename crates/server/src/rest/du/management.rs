@@ -151,21 +151,27 @@ fn device_json(snapshot: &Snapshot, device: &DeviceView) -> Value {
     }
     value["onLatestUpdate"] = snapshot.on_latest(device).into();
     if let Some(result) = &device.agent.last_install_result {
+        // `resultDetails` is a string in the swagger (not nullable): the agent's `null` is left out.
         let mut last = json!({
             "resultCode": result.result_code.0,
             "extendedResultCode": erc(result.extended_result_code()),
-            "resultDetails": result.result_details,
         });
+        if let Some(details) = &result.result_details {
+            last["resultDetails"] = details.clone().into();
+        }
         let steps: Vec<Value> = result
             .steps()
             .into_iter()
             .map(|(name, step)| {
-                json!({
+                let mut value = json!({
                     "description": name,
                     "resultCode": step.result_code.0,
                     "extendedResultCode": erc(step.extended_result_code()),
-                    "resultDetails": step.result_details,
-                })
+                });
+                if let Some(details) = &step.result_details {
+                    value["resultDetails"] = details.clone().into();
+                }
+                value
             })
             .collect();
         if !steps.is_empty() {
