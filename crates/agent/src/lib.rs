@@ -5,3 +5,4 @@
 //! shares with the service (manifests, signatures, twin payloads) lives in `duhub-proto`.
 
 pub mod config;
+pub mod workflow;
