@@ -117,6 +117,31 @@ pub enum DeviceCommand {
     Delete(DeviceIdArgs),
     /// Print a device's connection string.
     ConnectionString(DeviceIdArgs),
+    /// Print a complete duhub-agent configuration (TOML) for a device: its connection string,
+    /// the server's CA and root keys, where it downloads the root key package, a data directory.
+    #[command(after_help = "Examples:\n  duhub device agent-config toaster-1 --model toaster > agent.toml\n  \
+                            duhub-agent --config agent.toml")]
+    AgentConfig(AgentConfigArgs),
+}
+
+/// Arguments of `duhub device agent-config`.
+#[derive(Debug, Args)]
+pub struct AgentConfigArgs {
+    /// Device id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The agent's data directory (journal, downloads) [default: ./duhub-agent-ID].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// deviceProperties.manufacturer, part of the device class [default: Contoso].
+    #[arg(long, value_name = "M", default_value = "Contoso")]
+    pub manufacturer: String,
+    /// deviceProperties.model, part of the device class [default: Video].
+    #[arg(long, value_name = "M", default_value = "Video")]
+    pub model: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// How CLI commands find the server: `admin.json`, written by `duhub serve`.

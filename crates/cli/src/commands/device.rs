@@ -9,7 +9,7 @@ use duhub_proto::connection_string::ConnectionString;
 use duhub_server::server::Admin;
 use serde_json::{Value, json};
 
-use crate::cli::{AdminArgs, DeviceCreateArgs, DeviceIdArgs};
+use crate::cli::{AdminArgs, AgentConfigArgs, DeviceCreateArgs, DeviceIdArgs};
 use crate::output::{Outcome, print_json};
 
 /// The IoT Hub service API version the SDKs send.
@@ -170,6 +170,52 @@ pub(super) fn connection_string(args: &DeviceIdArgs) -> Result<Outcome> {
         print_json(&json!({"deviceId": args.id, "connectionString": connection_string}))?;
     } else {
         println!("{connection_string}");
+    }
+    Ok(Outcome::Success)
+}
+
+pub(super) fn agent_config(args: &AgentConfigArgs) -> Result<Outcome> {
+    let service = Service::connect(&args.admin)?;
+    let path = format!("/devices/{}", duhub_proto::sas::percent_encode(&args.id));
+    let device = block_on(service.call(reqwest::Method::GET, &path, None))?.unwrap_or_default();
+    let connection_string = service.device_connection_string(&device).context("the device has no symmetric key")?;
+    let admin = &service.admin;
+    let ca_pem = std::fs::read_to_string(&admin.ca_certificate)
+        .with_context(|| format!("reading the CA certificate {}", admin.ca_certificate.display()))?;
+    let root_keys_path = admin.keys_dir.join("rootkeys.json");
+    let root_keys = std::fs::read_to_string(&root_keys_path).with_context(|| {
+        format!("reading the server's root keys {} (run this on the server's machine)", root_keys_path.display())
+    })?;
+    let settings = duhub_agent::settings::Settings {
+        connection_string,
+        data_dir: args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("duhub-agent-{}", args.id))),
+        manufacturer: args.manufacturer.clone(),
+        model: args.model.clone(),
+        additional_device_properties: Default::default(),
+        compat_property_names: duhub_agent::config::DEFAULT_COMPAT_PROPERTY_NAMES.to_owned(),
+        transport: duhub_agent::settings::Transport::Mqtt,
+        mqtt_port: Some(admin.mqtt_port),
+        https_port: None,
+        ca_pem: Some(ca_pem),
+        ca_file: None,
+        root_keys: Some(root_keys),
+        root_keys_file: None,
+        use_production_roots: false,
+        root_key_package_url: Some(format!("{}/duhub/rootkeypackage.json", admin.https_url)),
+        download_timeout_minutes: duhub_agent::config::DEFAULT_DOWNLOAD_TIMEOUT_MINUTES,
+        handlers: Default::default(),
+        simulator_data_file: None,
+        reboot_command: vec!["/sbin/reboot".to_owned()],
+    };
+    settings.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.admin.json {
+        print_json(&serde_json::to_value(&settings)?)?;
+    } else {
+        print!(
+            "# duhub-agent settings for device {} (run: duhub-agent --config FILE)\n{}",
+            args.id,
+            settings.to_toml()
+        );
     }
     Ok(Outcome::Success)
 }

@@ -47,6 +47,7 @@ pub fn dispatch(matches: &ArgMatches) -> Result<Outcome> {
         Command::Device(DeviceCommand::Show(args)) => device::show(&args),
         Command::Device(DeviceCommand::Delete(args)) => device::delete(&args),
         Command::Device(DeviceCommand::ConnectionString(args)) => device::connection_string(&args),
+        Command::Device(DeviceCommand::AgentConfig(args)) => device::agent_config(&args),
         Command::Group(GroupCommand::List(args)) => du::management::group_list(&args),
         Command::Group(GroupCommand::Show(args)) => du::management::group_show(&args),
         Command::DeviceClass(DeviceClassCommand::List(args)) => du::management::device_class_list(&args),

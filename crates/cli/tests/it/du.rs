@@ -288,6 +288,28 @@ async fn the_readme_flow_imports_deploys_and_watches_status() {
         .send()
         .await
         .unwrap();
+    // The agent configuration the README hands to duhub-agent: complete and valid.
+    let config = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || {
+            let output = duhub()
+                .args(["device", "agent-config", "toaster-1", "--model", "toaster", "--admin", &admin])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let settings: duhub_agent::settings::Settings = toml::from_str(&config).unwrap();
+    settings.check().unwrap();
+    assert!(settings.connection_string.contains(&format!("SharedAccessKey={key}")), "{config}");
+    assert_eq!(settings.model, "toaster");
+    assert_eq!(settings.mqtt_port, Some(node.mqtt.port()));
+    assert!(settings.ca_pem.as_deref().is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
+    let roots = duhub_proto::root_key::parse_root_key_list(settings.root_keys.as_deref().unwrap()).unwrap();
+    assert_eq!(roots.len(), 1, "the server's root key: {config}");
     let mut device = node.connect_device("toaster-1", &key).await;
     device.subscribe_desired().await.unwrap();
     let startup = json!({"deviceUpdate": {"__t": "c", "agent": {

@@ -1,0 +1,374 @@
+//! The runtime around the workflow core: the hub connection (reconnecting with exponential
+//! backoff and jitter), the startup reports, the journal and the outbox on disk, and the
+//! deployment jobs on blocking threads.
+//!
+//! Durability: every journal change is written atomically before the actions that follow it;
+//! every report goes through the outbox (`outbox.json`, written atomically) and leaves it only
+//! after the hub answered 204. So after a crash or power cut the agent re-sends what it had not
+//! delivered, and rebuilds the core from the journal; the twin it reads on connect tells it what
+//! to resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use duhub_proto::twin::{AgentProperties, DesiredService, DeviceInformation, DeviceProperties};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::hub::{Endpoint, HubError, HubLink};
+use crate::settings::Settings;
+use crate::workflow::{Action, Core, Event, Job, Journal, Outcome};
+
+/// Runs a deployment job (blocking; on its own thread).
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs `job` until it ends or `cancel` is set (then [`Outcome::Cancelled`]).
+    fn run(&self, job: &Job, cancel: &AtomicBool) -> Outcome;
+}
+
+/// Why the runtime stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Local state could not be read or written.
+    #[error("{0}")]
+    State(String),
+    /// The settings cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// One agent.
+pub struct Agent {
+    settings: Settings,
+    endpoint: Endpoint,
+    runner: Arc<dyn JobRunner>,
+    state_dir: PathBuf,
+}
+
+impl Agent {
+    /// An agent for `settings`, running jobs with `runner`.
+    pub fn new(settings: Settings, runner: Arc<dyn JobRunner>) -> Result<Self, RuntimeError> {
+        let connection = duhub_proto::connection_string::ConnectionString::parse(&settings.connection_string)
+            .map_err(|e| RuntimeError::Config(format!("connection_string: {e}")))?;
+        let ca = match (&settings.ca_pem, &settings.ca_file) {
+            (Some(pem), _) => Some(pem.clone().into_bytes()),
+            (None, Some(file)) => Some(
+                std::fs::read(file).map_err(|e| RuntimeError::Config(format!("reading {}: {e}", file.display())))?,
+            ),
+            (None, None) => None,
+        };
+        let tls = crate::hub::tls_config(ca.as_deref()).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let (host, port) = match connection.host_name.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => (host.to_owned(), port.parse().unwrap_or(8883)),
+            _ => (connection.host_name.clone(), 8883),
+        };
+        if settings.transport == crate::settings::Transport::Websocket {
+            return Err(RuntimeError::Config(
+                "transport = \"websocket\" is not supported by this agent yet; use \"mqtt\"".into(),
+            ));
+        }
+        let endpoint = Endpoint { connection, host, port: settings.mqtt_port.unwrap_or(port), tls };
+        let state_dir = settings.data_dir.clone();
+        create_private_dir(&state_dir)?;
+        Ok(Self { settings, endpoint, runner, state_dir })
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), RuntimeError> {
+        let journal_path = self.state_dir.join("journal.json");
+        let outbox_path = self.state_dir.join("outbox.json");
+        let journal: Journal = read_json(&journal_path)?.unwrap_or_default();
+        let mut outbox: Vec<Value> = read_json(&outbox_path)?.unwrap_or_default();
+        let mut core = Core::new(&journal);
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<(String, Outcome)>();
+        let mut cancels: HashMap<String, Arc<AtomicBool>> = HashMap::new();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let mut link = match HubLink::connect(&self.endpoint).await {
+                Ok(link) => link,
+                Err(error) => {
+                    let wait = jittered(backoff);
+                    tracing::warn!(%error, retry_in = ?wait, "connecting to the hub failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
+            };
+            tracing::info!(host = %self.endpoint.host, port = self.endpoint.port, "connected to the hub");
+            let session = self
+                .session(
+                    &mut link,
+                    &mut core,
+                    &mut outbox,
+                    &outbox_path,
+                    &journal_path,
+                    &finished_tx,
+                    &mut cancels,
+                    &mut finished_rx,
+                    &mut stop,
+                )
+                .await;
+            match session {
+                Ok(true) => {
+                    link.disconnect().await;
+                    return Ok(());
+                }
+                Ok(false) => backoff = Duration::from_secs(1),
+                Err(SessionError::Hub(error)) => tracing::warn!(%error, "lost the hub connection"),
+                Err(SessionError::State(error)) => return Err(error),
+            }
+            let wait = jittered(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// One connection: startup reports, outbox, twin, then events until the connection ends
+    /// (`Ok(false)`) or the agent is stopped (`Ok(true)`).
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &self,
+        link: &mut HubLink,
+        core: &mut Core,
+        outbox: &mut Vec<Value>,
+        outbox_path: &Path,
+        journal_path: &Path,
+        finished_tx: &mpsc::UnboundedSender<(String, Outcome)>,
+        cancels: &mut HashMap<String, Arc<AtomicBool>>,
+        finished_rx: &mut mpsc::UnboundedReceiver<(String, Outcome)>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, SessionError> {
+        link.report(&self.startup_report().to_patch()).await?;
+        link.report(&device_information(&self.settings).to_patch()).await?;
+        flush(link, outbox, outbox_path).await?;
+        let twin = link.get_twin().await?;
+        if let Ok(Some(desired)) = DesiredService::locate(&twin) {
+            let actions = core.handle(Event::Desired(desired));
+            self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?;
+        }
+        loop {
+            tokio::select! {
+                patch = link.desired.recv() => {
+                    let Some(patch) = patch else { return Ok(false) };
+                    match DesiredService::locate(&patch) {
+                        Ok(Some(desired)) => {
+                            let actions = core.handle(Event::Desired(desired));
+                            self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?;
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "a desired patch has an unreadable deviceUpdate.service"),
+                    }
+                }
+                finished = finished_rx.recv() => {
+                    let Some((workflow_id, outcome)) = finished else { return Ok(false) };
+                    cancels.remove(&workflow_id);
+                    let actions = core.handle(Event::Finished { workflow_id, outcome });
+                    self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?;
+                }
+                reason = &mut link.closed => {
+                    return Err(SessionError::Hub(HubError::Connection(reason.unwrap_or_else(|_| "closed".into()))));
+                }
+                _ = stop.changed() => {
+                    for flag in cancels.values() {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn perform(
+        &self,
+        actions: Vec<Action>,
+        link: &mut HubLink,
+        outbox: &mut Vec<Value>,
+        outbox_path: &Path,
+        journal_path: &Path,
+        finished_tx: &mpsc::UnboundedSender<(String, Outcome)>,
+        cancels: &mut HashMap<String, Arc<AtomicBool>>,
+    ) -> Result<(), SessionError> {
+        for action in actions {
+            match action {
+                Action::Report(report) => {
+                    outbox.push(report.to_patch());
+                    write_json(outbox_path, outbox)?;
+                }
+                Action::Ack(ack) => {
+                    outbox.push(ack.to_patch());
+                    write_json(outbox_path, outbox)?;
+                }
+                Action::Journal(journal) => write_json(journal_path, &journal)?,
+                Action::Start(job) => {
+                    let workflow_id = job.workflow.id.clone().unwrap_or_default();
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    cancels.insert(workflow_id.clone(), cancel.clone());
+                    let runner = self.runner.clone();
+                    let finished = finished_tx.clone();
+                    tracing::info!(workflow = workflow_id, "starting the deployment");
+                    tokio::task::spawn_blocking(move || {
+                        let outcome = runner.run(&job, &cancel);
+                        let _ = finished.send((workflow_id, outcome));
+                    });
+                }
+                Action::Cancel { workflow_id } => {
+                    if let Some(flag) = cancels.get(&workflow_id) {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                }
+                Action::Restart { reboot } => {
+                    flush(link, outbox, outbox_path).await?;
+                    if reboot {
+                        tracing::warn!(command = ?self.settings.reboot_command, "the update asks for a reboot");
+                        let mut command = std::process::Command::new(&self.settings.reboot_command[0]);
+                        command.args(&self.settings.reboot_command[1..]);
+                        if let Err(error) = command.status() {
+                            tracing::error!(%error, "running the reboot command failed");
+                        }
+                    } else {
+                        tracing::warn!("the update asks for an agent restart; exiting with status 75");
+                        std::process::exit(75);
+                    }
+                }
+                Action::Ignore(why) => tracing::info!(why, "desired deviceUpdate.service not acted on"),
+            }
+        }
+        flush(link, outbox, outbox_path).await
+    }
+
+    fn startup_report(&self) -> AgentProperties {
+        let mut properties = DeviceProperties::new(&self.settings.manufacturer, &self.settings.model);
+        for (name, value) in &self.settings.additional_device_properties {
+            properties = properties.with_property(name, value);
+        }
+        properties.interface_id = Some(None);
+        properties.contract_model_id = Some(duhub_proto::twin::CONTRACT_MODEL_V3.to_owned());
+        properties.adu_ver = Some(format!("DU;agent/{}", env!("CARGO_PKG_VERSION")));
+        AgentProperties::startup(properties, &self.settings.compat_property_names)
+    }
+}
+
+enum SessionError {
+    Hub(HubError),
+    State(RuntimeError),
+}
+
+impl From<HubError> for SessionError {
+    fn from(error: HubError) -> Self {
+        Self::Hub(error)
+    }
+}
+
+impl From<RuntimeError> for SessionError {
+    fn from(error: RuntimeError) -> Self {
+        Self::State(error)
+    }
+}
+
+/// Sends the outbox in order, removing each patch once the hub acknowledged it.
+async fn flush(link: &mut HubLink, outbox: &mut Vec<Value>, path: &Path) -> Result<(), SessionError> {
+    while let Some(patch) = outbox.first() {
+        link.report(patch).await?;
+        outbox.remove(0);
+        write_json(path, outbox)?;
+    }
+    Ok(())
+}
+
+/// The `deviceInformation` component, read from the system.
+pub fn device_information(settings: &Settings) -> DeviceInformation {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let os_name = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .or_else(|| Some(std::env::consts::OS.to_owned()));
+    let sw_version = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|v| v.trim().to_owned());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let processor_manufacturer = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("vendor_id") || l.starts_with("CPU implementer"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total_memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    DeviceInformation {
+        manufacturer: Some(settings.manufacturer.clone()),
+        model: Some(settings.model.clone()),
+        os_name,
+        sw_version,
+        processor_architecture: Some(std::env::consts::ARCH.to_owned()),
+        processor_manufacturer,
+        total_memory,
+        total_storage: None,
+    }
+}
+
+fn jittered(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    // ±20 %.
+    let factor = 0.8 + f64::from(byte[0]) / 255.0 * 0.4;
+    base.mul_f64(factor)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RuntimeError::State(format!("{} is corrupt: {e}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(RuntimeError::State(format!("reading {}: {error}", path.display()))),
+    }
+}
+
+/// Writes JSON atomically: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| RuntimeError::State(e.to_string()))?;
+    write_atomic(path, &bytes).map_err(|e| RuntimeError::State(format!("writing {}: {e}", path.display())))
+}
+
+/// Writes bytes atomically (mode 0600).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temporary = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(path).map_err(|e| RuntimeError::State(format!("creating {}: {e}", path.display())))
+}

@@ -1,0 +1,269 @@
+//! What one agent runs with: its own TOML file (`duhub device agent-config` writes one), or the
+//! official agent's `du-config.json` plus what that format cannot say (the CA to trust and the
+//! root keys), given on the command line.
+//!
+//! ```toml
+//! connection_string = "HostName=hub.example;DeviceId=toaster-1;SharedAccessKey=..."
+//! data_dir = "/var/lib/duhub-agent"
+//! manufacturer = "contoso"
+//! model = "toaster"
+//! ca_pem = """-----BEGIN CERTIFICATE-----..."""       # or ca_file = "ca.pem"
+//! root_keys = """[{"kid": "...", ...}]"""              # or root_keys_file, or use_production_roots
+//! root_key_package_url = "https://hub.example:8443/duhub/rootkeypackage.json"
+//! [handlers]
+//! "contoso/firmware:1" = "/usr/lib/duhub/handlers/firmware"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConnectionSource, OfficialConfig, Protocol};
+
+/// How the agent reaches the hub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT over TLS (port 8883 unless the connection string's host names a port for HTTPS).
+    #[default]
+    Mqtt,
+    /// MQTT over WebSocket on the HTTPS port.
+    Websocket,
+}
+
+/// The agent's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `HostName=...;DeviceId=...;SharedAccessKey=...`.
+    pub connection_string: String,
+    /// Where the journal, downloads and records live.
+    pub data_dir: PathBuf,
+    /// `deviceProperties.manufacturer`.
+    pub manufacturer: String,
+    /// `deviceProperties.model`.
+    pub model: String,
+    /// More `deviceProperties`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub additional_device_properties: BTreeMap<String, String>,
+    /// The properties forming the device class.
+    #[serde(default = "default_compat_property_names")]
+    pub compat_property_names: String,
+    /// MQTT over TLS or over WebSocket.
+    #[serde(default)]
+    pub transport: Transport,
+    /// MQTT port (default 8883; 443 for WebSocket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_port: Option<u16>,
+    /// HTTPS port for WebSocket connections (default 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+    /// CA certificates (PEM) to trust for the hub and downloads, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// CA certificates (PEM) to trust, from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Trusted root keys (a `rootkeys.json` list), inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_keys: Option<String>,
+    /// Trusted root keys, from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_keys_file: Option<PathBuf>,
+    /// Trust Microsoft's production root keys (for updates signed by the Azure service).
+    #[serde(default)]
+    pub use_production_roots: bool,
+    /// The root key package to start with (it is refreshed from `rootKeyPackageUrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key_package_url: Option<String>,
+    /// Minutes a download may take.
+    #[serde(default = "default_download_timeout")]
+    pub download_timeout_minutes: u64,
+    /// Custom step handlers: handler id -> executable (see HANDLERS.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handlers: BTreeMap<String, PathBuf>,
+    /// Results for `microsoft/simulator:1` (`du-simulator-data.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulator_data_file: Option<PathBuf>,
+    /// Command that reboots the device when a handler asks for it.
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+}
+
+fn default_compat_property_names() -> String {
+    crate::config::DEFAULT_COMPAT_PROPERTY_NAMES.to_owned()
+}
+
+fn default_download_timeout() -> u64 {
+    crate::config::DEFAULT_DOWNLOAD_TIMEOUT_MINUTES
+}
+
+fn default_reboot_command() -> Vec<String> {
+    vec!["/sbin/reboot".to_owned()]
+}
+
+/// Why settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// The official configuration is invalid.
+    #[error("{path}: {source}")]
+    Official {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: crate::config::ConfigError,
+    },
+    /// A value is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Reads a settings file: `du-config.json` (the official format; `extra` supplies the CA and
+    /// root keys) when it ends in `.json`, else our TOML.
+    pub fn load(path: &Path, extra: &Extra) -> Result<Self, SettingsError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+        let mut settings = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            let official = crate::config::parse_official(&text)
+                .map_err(|source| SettingsError::Official { path: path.to_owned(), source })?;
+            Self::from_official(&official)?
+        } else {
+            toml::from_str::<Settings>(&text)
+                .map_err(|e| SettingsError::Toml { path: path.to_owned(), message: e.to_string() })?
+        };
+        if let Some(ca) = &extra.ca_file {
+            settings.ca_file = Some(ca.clone());
+        }
+        if let Some(keys) = &extra.root_keys_file {
+            settings.root_keys_file = Some(keys.clone());
+        }
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Settings from the official configuration (its first agent, its data folder).
+    pub fn from_official(official: &OfficialConfig) -> Result<Self, SettingsError> {
+        let agent = official.main_agent();
+        let connection_string = match &agent.connection {
+            ConnectionSource::ConnectionString(text) => text.clone(),
+            ConnectionSource::IdentityService(_) => {
+                return Err(SettingsError::Invalid(format!(
+                    "agent {:?} connects through the Azure IoT Identity Service (connectionType \"AIS\"), which duhub-agent \
+                     does not support; give a connection string (connectionType \"string\")",
+                    agent.name
+                )));
+            }
+        };
+        Ok(Self {
+            connection_string,
+            data_dir: PathBuf::from(&official.data_folder),
+            manufacturer: agent.manufacturer.clone(),
+            model: agent.model.clone(),
+            additional_device_properties: agent.additional_device_properties.iter().cloned().collect(),
+            compat_property_names: official.compat_property_names.clone(),
+            transport: match official.protocol {
+                Protocol::Mqtt => Transport::Mqtt,
+                Protocol::MqttWebSocket => Transport::Websocket,
+            },
+            mqtt_port: None,
+            https_port: None,
+            ca_pem: None,
+            ca_file: official.edge_gateway_cert_path.as_ref().map(PathBuf::from),
+            root_keys: None,
+            root_keys_file: None,
+            use_production_roots: true,
+            root_key_package_url: None,
+            download_timeout_minutes: official.download_timeout_minutes,
+            handlers: BTreeMap::new(),
+            simulator_data_file: None,
+            reboot_command: default_reboot_command(),
+        })
+    }
+
+    /// Checks what serde cannot.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let connection = duhub_proto::connection_string::ConnectionString::parse(&self.connection_string)
+            .map_err(|e| SettingsError::Invalid(format!("connection_string: {e}")))?;
+        if connection.device_id.is_none() || connection.shared_access_key.is_none() {
+            return Err(SettingsError::Invalid(
+                "connection_string: a device connection string needs DeviceId and SharedAccessKey".into(),
+            ));
+        }
+        if self.root_keys.is_none() && self.root_keys_file.is_none() && !self.use_production_roots {
+            return Err(SettingsError::Invalid(
+                "no trusted root keys: set root_keys, root_keys_file (or --root-keys), or use_production_roots".into(),
+            ));
+        }
+        let names = self.compat_property_names.split(',').filter(|n| !n.trim().is_empty()).count();
+        if names == 0 || names > crate::config::MAX_COMPAT_PROPERTY_NAMES {
+            return Err(SettingsError::Invalid("compat_property_names must name 1 to 5 properties".into()));
+        }
+        if self.reboot_command.is_empty() {
+            return Err(SettingsError::Invalid("reboot_command must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// What the command line adds to a settings file.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// `--ca FILE`.
+    pub ca_file: Option<PathBuf>,
+    /// `--root-keys FILE`.
+    pub root_keys_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> String {
+        "connection_string = \"HostName=hub;DeviceId=d1;SharedAccessKey=a2V5\"\ndata_dir = \"/tmp/a\"\n\
+         manufacturer = \"contoso\"\nmodel = \"toaster\"\nroot_keys = \"[]\"\n"
+            .to_owned()
+    }
+
+    #[test]
+    fn toml_round_trips_with_defaults() {
+        let settings: Settings = toml::from_str(&minimal()).unwrap();
+        settings.check().unwrap();
+        assert_eq!(settings.compat_property_names, "manufacturer,model");
+        assert_eq!(settings.download_timeout_minutes, 480);
+        assert_eq!(toml::from_str::<Settings>(&settings.to_toml()).unwrap(), settings);
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        assert!(toml::from_str::<Settings>(&format!("{}unknown = 1\n", minimal())).is_err());
+        let mut settings: Settings = toml::from_str(&minimal()).unwrap();
+        settings.connection_string = "HostName=hub;SharedAccessKeyName=owner;SharedAccessKey=a2V5".into();
+        assert!(settings.check().unwrap_err().to_string().contains("DeviceId"));
+        let mut settings: Settings = toml::from_str(&minimal()).unwrap();
+        settings.root_keys = None;
+        assert!(settings.check().unwrap_err().to_string().contains("root keys"));
+    }
+}

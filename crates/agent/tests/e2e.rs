@@ -1,0 +1,316 @@
+//! End to end with real processes and sockets: a duhub server (in-process, TLS on loopback) and
+//! the `duhub-agent` binary as a child process. Updates carry `microsoft/script:1` scripts that
+//! write marker files; deployments go through the Device Update REST API; the agent verifies,
+//! downloads, runs the script and reports, and the server's deployment status follows.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use duhub_agent::settings::{Settings, Transport};
+use duhub_testkit::{DuClient, FileServer, ImportFixture, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running `duhub-agent`, killed when dropped.
+struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fixture {
+    server: TestServer,
+    du: DuClient,
+    files: FileServer,
+    _files_dir: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let server = TestServer::start().await;
+        let du = server.du();
+        let files_dir = tempfile::tempdir().unwrap();
+        let files = FileServer::start(files_dir.path()).await.unwrap();
+        Self { server, du, files, _files_dir: files_dir, work: tempfile::tempdir().unwrap() }
+    }
+
+    fn root_keys(&self) -> String {
+        std::fs::read_to_string(self.server.admin.keys_dir.join("rootkeys.json")).unwrap()
+    }
+
+    /// A device in `group` with an agent of `model`; `root_keys` overrides the server's.
+    async fn agent(&self, id: &str, group: &str, model: &str, root_keys: Option<String>) -> AgentProcess {
+        let (key, _) = self.server.create_device(id).await;
+        self.server
+            .service()
+            .request(Method::PATCH, &format!("/twins/{id}"))
+            .json(&json!({"tags": {"ADUGroup": group}}))
+            .send()
+            .await
+            .unwrap();
+        let settings = Settings {
+            connection_string: format!("HostName={};DeviceId={id};SharedAccessKey={key}", self.server.admin.mqtt_host),
+            data_dir: self.work.path().join(format!("agent-{id}")),
+            manufacturer: "contoso".into(),
+            model: model.into(),
+            additional_device_properties: Default::default(),
+            compat_property_names: "manufacturer,model".into(),
+            transport: Transport::Mqtt,
+            mqtt_port: Some(self.server.admin.mqtt_port),
+            https_port: None,
+            ca_pem: Some(String::from_utf8(std::fs::read(&self.server.admin.ca_certificate).unwrap()).unwrap()),
+            ca_file: None,
+            root_keys: Some(root_keys.unwrap_or_else(|| self.root_keys())),
+            root_keys_file: None,
+            use_production_roots: false,
+            root_key_package_url: None,
+            download_timeout_minutes: 5,
+            handlers: Default::default(),
+            simulator_data_file: None,
+            reboot_command: vec!["/bin/true".into()],
+        };
+        let config = self.work.path().join(format!("{id}.toml"));
+        std::fs::write(&config, settings.to_toml()).unwrap();
+        let log = self.work.path().join(format!("{id}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_duhub-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        AgentProcess { child, log }
+    }
+
+    /// Imports an update of `model` whose script runs `body` for install/apply and reports
+    /// is-installed by `marker`.
+    async fn import_script(&self, version: &str, model: &str, marker: &Path, apply: &str) {
+        let script = script(marker, apply);
+        let fixture = ImportFixture::new(
+            "contoso",
+            model,
+            version,
+            &[("manufacturer", "contoso"), ("model", model)],
+            &[("install.sh", script.as_bytes())],
+        );
+        fixture.write(self.files.dir()).unwrap();
+        let operation = self.du.import(&json!([fixture.item(&self.files)])).await.unwrap();
+        assert_eq!(operation["status"], "Succeeded", "{operation}");
+    }
+
+    async fn deploy(&self, group: &str, id: &str, model: &str, version: &str) {
+        self.du
+            .expect(
+                Method::PUT,
+                &format!("/management/groups/{group}/deployments/{id}"),
+                Some(&json!({"deploymentId": id, "groupId": group, "startDateTime": "2026-01-01T00:00:00Z",
+                    "update": {"updateId": {"provider": "contoso", "name": model, "version": version}}})),
+                StatusCode::OK,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the device's state in the deployment is `state`; returns the device record.
+    async fn wait_device(&self, device: &str, deployment: &str, state: &str, agent: &AgentProcess) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let record = self.du.get(&format!("/management/devices/{device}")).await.ok();
+            if let Some(record) = &record
+                && record["deploymentStatus"] == state
+                && record["lastDeploymentId"] == deployment
+            {
+                return record.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{device} never reached {state} in {deployment}; last: {record:?}\nagent log:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A `microsoft/script:1` script (apiVersion 1.0 arguments): is-installed answers by `marker`;
+/// apply runs `apply` (shell) and, if it succeeds, writes the marker.
+fn script(marker: &Path, apply: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+action=""; result=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --action-*) action="${{1#--action-}}" ;;
+    --result-file) result="$2"; shift ;;
+  esac
+  shift
+done
+ok() {{ printf '{{"resultCode":%s,"extendedResultCode":0,"resultDetails":""}}' "$1" > "$result"; }}
+case "$action" in
+  is-installed) if [ -f "{marker}" ]; then ok 900; else ok 901; fi ;;
+  download) ok 500 ;;
+  install) ok 600 ;;
+  apply)
+    {apply}
+    echo installed > "{marker}"; ok 700 ;;
+  cancel) ok 800 ;;
+  *) ok 0 ;;
+esac
+"#,
+        marker = marker.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_update_installs_and_the_deployment_succeeds() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-ok");
+    fixture.import_script("1.0", "toaster", &marker, "true").await;
+    let agent = fixture.agent("toaster-1", "lab", "toaster", None).await;
+    // The device reports its agent before it can be deployed to.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fixture.du.get("/management/devices/toaster-1").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the agent never reported\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fixture.deploy("lab", "dep-ok", "toaster", "1.0").await;
+    let device = fixture.wait_device("toaster-1", "dep-ok", "Succeeded", &agent).await;
+    assert_eq!(device["installedUpdate"]["updateId"]["version"], "1.0");
+    assert_eq!(device["lastInstallResult"]["resultCode"], 700, "{device}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "installed");
+    let twin = fixture.server.service().twin("toaster-1").await.unwrap();
+    let reported = &twin["properties"]["reported"]["deviceUpdate"];
+    assert_eq!(reported["service"]["ac"], 200, "the desired property was acknowledged: {twin}");
+    assert_eq!(reported["agent"]["deviceProperties"]["contractModelId"], "dtmi:azure:iot:deviceUpdateContractModel;3");
+    assert!(twin["properties"]["reported"]["deviceInformation"]["osName"].is_string(), "{twin}");
+    let sandbox = fixture.work.path().join("agent-toaster-1/downloads");
+    let left: Vec<_> = std::fs::read_dir(&sandbox).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the sandbox is cleaned up after success: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_script_fails_the_deployment_with_its_exit_code() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-fail");
+    fixture.import_script("1.0", "kettle", &marker, "exit 7").await;
+    let agent = fixture.agent("kettle-1", "lab", "kettle", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-fail", "kettle", "1.0").await;
+    let device = fixture.wait_device("kettle-1", "dep-fail", "Failed", &agent).await;
+    assert_eq!(device["lastInstallResult"]["extendedResultCode"], 0x3050_1007, "{device}");
+    assert!(!marker.exists(), "a failed apply writes no marker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_hash_does_not_match_is_never_executed() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-tampered");
+    fixture.import_script("1.0", "blender", &marker, "true").await;
+    // Corrupt the stored script (same size) after the import signed its hash.
+    let stored = fixture
+        .server
+        .du_service()
+        .stored_update(&duhub_proto::UpdateId::new("contoso", "blender", "1.0"))
+        .await
+        .unwrap()
+        .unwrap();
+    let blob = stored.files.iter().find(|f| f.file_name == "install.sh").unwrap();
+    let path = fixture.server.du_service().content().path(&blob.blob).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let agent = fixture.agent("blender-1", "lab", "blender", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-tampered", "blender", "1.0").await;
+    let device = fixture.wait_device("blender-1", "dep-tampered", "Failed", &agent).await;
+    let code = device["lastInstallResult"]["extendedResultCode"].as_i64().unwrap();
+    assert_eq!(code >> 28 & 0xF, 4, "a content-downloader error (facility 4): {device}");
+    assert!(!marker.exists(), "the tampered script did not run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_signed_by_an_untrusted_key_is_refused() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-untrusted");
+    fixture.import_script("1.0", "mixer", &marker, "true").await;
+    // The agent trusts another key store's roots, not this server's.
+    let other = tempfile::tempdir().unwrap();
+    duhub_server::keystore::KeyStore::at(other.path()).init(&duhub_server::keystore::Clock::now()).unwrap();
+    let roots = std::fs::read_to_string(other.path().join("rootkeys.json")).unwrap();
+    let agent = fixture.agent("mixer-1", "lab", "mixer", Some(roots)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-untrusted", "mixer", "1.0").await;
+    let device = fixture.wait_device("mixer-1", "dep-untrusted", "Failed", &agent).await;
+    let code = device["lastInstallResult"]["extendedResultCode"].as_i64().unwrap() as u32;
+    assert_eq!(code & 0xFFF0_0000, 0xA020_0000, "a JWS root key error 0xA020....: {code:#x}");
+    assert!(!marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_for_another_device_class_is_refused() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-other-class");
+    fixture.import_script("1.0", "toaster", &marker, "true").await;
+    let mut reference = fixture.server.new_device("reference").await;
+    reference.subscribe_desired().await.unwrap();
+    reference
+        .patch_reported(&json!({"deviceUpdate": {"__t": "c", "agent": {
+            "deviceProperties": {"manufacturer": "contoso", "model": "toaster"}, "compatPropertyNames": "manufacturer,model"}}}))
+        .await
+        .unwrap();
+    fixture
+        .server
+        .service()
+        .request(Method::PATCH, "/twins/reference")
+        .json(&json!({"tags": {"ADUGroup": "ref"}}))
+        .send()
+        .await
+        .unwrap();
+    fixture.deploy("ref", "dep-ref", "toaster", "1.0").await;
+    // Take the service object written for a toaster and give it to a kettle's agent directly.
+    let service = loop {
+        let patch = reference.next_desired(WAIT).await.unwrap();
+        if let Some(service) = patch.body.pointer("/deviceUpdate/service").filter(|s| s.get("workflow").is_some()) {
+            break service.clone();
+        }
+    };
+    let agent = fixture.agent("kettle-2", "lab", "kettle", None).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fixture
+        .server
+        .service()
+        .patch_desired("kettle-2", &json!({"deviceUpdate": {"__t": "c", "service": service}}), None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let twin = fixture.server.service().twin("kettle-2").await.unwrap();
+        let agent_state = &twin["properties"]["reported"]["deviceUpdate"]["agent"];
+        if agent_state["state"] == 255 {
+            assert_eq!(agent_state["lastInstallResult"]["extendedResultCodes"], "80400101", "{agent_state}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no failure reported: {twin}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!marker.exists(), "nothing was installed on the wrong class");
+}
