@@ -442,6 +442,9 @@ impl PartState {
         }
         let mut state = Self::empty();
         state.offset = hash_file_into(part, &mut state.context, cancel)?;
+        if state.offset > 0 {
+            tracing::info!(part = %part.display(), offset = state.offset, "resuming a download");
+        }
         Ok(state)
     }
 }

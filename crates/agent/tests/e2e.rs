@@ -103,7 +103,12 @@ impl Fixture {
     /// Imports an update of `model` whose script runs `body` for install/apply and reports
     /// is-installed by `marker`.
     async fn import_script(&self, version: &str, model: &str, marker: &Path, apply: &str) {
-        let script = script(marker, apply);
+        self.import_script_with(version, model, marker, "true", apply).await;
+    }
+
+    /// Like [`Fixture::import_script`], with shell for install too.
+    async fn import_script_with(&self, version: &str, model: &str, marker: &Path, install: &str, apply: &str) {
+        let script = script(marker, install, apply);
         let fixture = ImportFixture::new(
             "contoso",
             model,
@@ -151,8 +156,8 @@ impl Fixture {
 }
 
 /// A `microsoft/script:1` script (apiVersion 1.0 arguments): is-installed answers by `marker`;
-/// apply runs `apply` (shell) and, if it succeeds, writes the marker.
-fn script(marker: &Path, apply: &str) -> String {
+/// install runs `install`; apply runs `apply` (shell) and, if it succeeds, writes the marker.
+fn script(marker: &Path, install: &str, apply: &str) -> String {
     format!(
         r#"#!/bin/sh
 action=""; result=""
@@ -167,7 +172,9 @@ ok() {{ printf '{{"resultCode":%s,"extendedResultCode":0,"resultDetails":""}}' "
 case "$action" in
   is-installed) if [ -f "{marker}" ]; then ok 900; else ok 901; fi ;;
   download) ok 500 ;;
-  install) ok 600 ;;
+  install)
+    {install}
+    ok 600 ;;
   apply)
     {apply}
     echo installed > "{marker}"; ok 700 ;;
@@ -313,4 +320,91 @@ async fn a_deployment_for_another_device_class_is_refused() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!marker.exists(), "nothing was installed on the wrong class");
+}
+
+/// Waits until the agent reports state 6 for some workflow; returns its id.
+async fn wait_in_progress(fixture: &Fixture, device: &str, agent: &AgentProcess) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let twin = fixture.server.service().twin(device).await.unwrap();
+        let reported = &twin["properties"]["reported"]["deviceUpdate"]["agent"];
+        if reported["state"] == 6 {
+            return reported["workflow"]["id"].as_str().unwrap().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{device} never started\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn subgroup_action(fixture: &Fixture, group: &str, deployment: &str, device: &str, action: &str) {
+    let record = fixture.du.get(&format!("/management/devices/{device}")).await.unwrap();
+    let class = record["deviceClassId"].as_str().unwrap();
+    fixture
+        .du
+        .expect(
+            Method::POST,
+            &format!("/management/groups/{group}/deviceClassSubgroups/{class}/deployments/{deployment}:{action}"),
+            None,
+            StatusCode::OK,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_install() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-cancel");
+    let started = fixture.work.path().join("install-started");
+    let install = format!("touch '{}'; sleep 30", started.display());
+    fixture.import_script_with("1.0", "heater", &marker, &install, "true").await;
+    let agent = fixture.agent("heater-1", "lab", "heater", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-cancel", "heater", "1.0").await;
+    wait_in_progress(&fixture, "heater-1", &agent).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "install never started\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    subgroup_action(&fixture, "lab", "dep-cancel", "heater-1", "cancel").await;
+    let device = fixture.wait_device("heater-1", "dep-cancel", "Canceled", &agent).await;
+    assert_eq!(device["lastInstallResult"]["resultCode"], -1, "{device}");
+    assert!(!marker.exists(), "the cancelled install never applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_failure_installs() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-retry");
+    let flag = fixture.work.path().join("failed-once");
+    let apply = format!("if [ ! -f '{flag}' ]; then touch '{flag}'; exit 3; fi", flag = flag.display());
+    fixture.import_script("1.0", "fridge", &marker, &apply).await;
+    let agent = fixture.agent("fridge-1", "lab", "fridge", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-retry", "fridge", "1.0").await;
+    let failed = fixture.wait_device("fridge-1", "dep-retry", "Failed", &agent).await;
+    assert_eq!(failed["lastInstallResult"]["extendedResultCode"], 0x3050_1003);
+    subgroup_action(&fixture, "lab", "dep-retry", "fridge-1", "retry").await;
+    fixture.wait_device("fridge-1", "dep-retry", "Succeeded", &agent).await;
+    assert!(marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_deployment_replaces_the_running_one() {
+    let fixture = Fixture::new().await;
+    let slow_marker = fixture.work.path().join("marker-slow");
+    let fast_marker = fixture.work.path().join("marker-fast");
+    fixture.import_script_with("1.0", "oven", &slow_marker, "sleep 30", "true").await;
+    fixture.import_script("2.0", "oven", &fast_marker, "true").await;
+    let agent = fixture.agent("oven-1", "lab", "oven", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-slow", "oven", "1.0").await;
+    let first = wait_in_progress(&fixture, "oven-1", &agent).await;
+    fixture.deploy("lab", "dep-fast", "oven", "2.0").await;
+    let device = fixture.wait_device("oven-1", "dep-fast", "Succeeded", &agent).await;
+    assert_eq!(device["installedUpdate"]["updateId"]["version"], "2.0");
+    assert!(fast_marker.exists() && !slow_marker.exists(), "only the replacement was applied");
+    let twin = fixture.server.service().twin("oven-1").await.unwrap();
+    assert_ne!(twin["properties"]["reported"]["deviceUpdate"]["agent"]["workflow"]["id"], first.as_str());
 }
