@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -60,6 +61,25 @@ def pytest_addoption(parser):
         help="run the server on PostgreSQL: postgres://USER@HOST:PORT/DB of a database to create "
         "a fresh test database from [$DUHUB_TEST_DATABASE_URL; default SQLite]",
     )
+
+
+def pytest_configure(config):
+    # Hypothesis (under schemathesis, test_contract.py) keeps caches in ./.hypothesis: a temporary
+    # directory instead, so that a run writes nothing into the source tree.
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="duhub-conformance-hypothesis-")
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = directory
+        config.stash[_HYPOTHESIS_DIRECTORY] = directory
+
+
+def pytest_unconfigure(config):
+    directory = config.stash.get(_HYPOTHESIS_DIRECTORY, None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.environ.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
+
+
+_HYPOTHESIS_DIRECTORY = pytest.StashKey[str]()
 
 
 def pytest_report_header(config):
@@ -412,6 +432,7 @@ def du_client(duhub):
         def get_token(self, *scopes, **kwargs):
             return AccessToken(duhub.api_token, int(time.time()) + 3600)
 
+    # retry_total=0: azure-core would retry a 5xx three times and hide a flaky server error.
     client = DeviceUpdateClient(endpoint=duhub.du_endpoint, instance_id=duhub.instance_id, credential=StaticToken(),
                                 connection_verify=str(duhub.ca_path), raw_request_hook=_restore_port,
                                 polling_interval=1, retry_total=0)

@@ -59,6 +59,11 @@ def call(function, *args, **kwargs):
     return within(CALL_TIMEOUT, function, *args, **kwargs)
 
 
+def listed(pager):
+    """Every item of an Azure SDK pager (`ItemPaged`, all pages), within CALL_TIMEOUT."""
+    return call(lambda: list(pager))
+
+
 def wait_until(predicate, what, timeout=EVENT_TIMEOUT, interval=0.05):
     """Polls `predicate()` until it returns a truthy value, which is returned; fails after `timeout`."""
     deadline = time.monotonic() + timeout

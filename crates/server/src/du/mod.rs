@@ -47,6 +47,8 @@ const DEVICE_CLASS: &str = "deviceClass";
 const SUBGROUP: &str = "subgroup";
 /// Operation kinds.
 pub const UPDATE_OPERATION: &str = "update";
+/// Operation kind of update deletions: readable by id, not listed (as the 2022-10-01 API has it).
+pub const DELETE_OPERATION: &str = "updateDelete";
 /// Operation kind of device imports.
 pub const DEVICE_OPERATION: &str = "device";
 
@@ -299,7 +301,7 @@ impl DeviceUpdate {
             "operationId": operation_id, "status": "Running", "update": update.info(),
             "createdDateTime": now, "lastActionDateTime": now, "etag": format!("\"{}\"", new_uuid()),
         });
-        self.save_operation(UPDATE_OPERATION, &operation).await?;
+        self.save_operation(DELETE_OPERATION, &operation).await?;
         let outcome = async {
             self.store.delete_update(&update_key(id)).await?;
             let used = self.used_blobs().await?;
@@ -321,7 +323,7 @@ impl DeviceUpdate {
             }
         }
         operation["lastActionDateTime"] = now_rfc3339().into();
-        self.save_operation(UPDATE_OPERATION, &operation).await?;
+        self.save_operation(DELETE_OPERATION, &operation).await?;
         Ok(operation_id)
     }
 

@@ -11,7 +11,7 @@ use super::filter::Filter;
 use super::{DuError, DuState, accepted, not_modified, page, query_param};
 use crate::du::import::{ImportItem, UPLOAD_SCHEME};
 use crate::du::model::{StoredUpdate, update_key};
-use crate::du::{UPDATE_OPERATION, content};
+use crate::du::{DELETE_OPERATION, UPDATE_OPERATION, content};
 use duhub_proto::update_id::UpdateId;
 
 type VersionPath = Path<(String, String, String, String)>;
@@ -215,7 +215,11 @@ pub(super) async fn get_operation(
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, DuError> {
-    operation_response(&state, UPDATE_OPERATION, &id, &headers).await
+    if state.du.operation(UPDATE_OPERATION, &id).await?.is_some() {
+        operation_response(&state, UPDATE_OPERATION, &id, &headers).await
+    } else {
+        operation_response(&state, DELETE_OPERATION, &id, &headers).await
+    }
 }
 
 pub(super) async fn operation_response(
