@@ -116,7 +116,11 @@ fn init_logging() {
         _ => tracing::Level::INFO,
     };
     let _ = tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).finish(),
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .finish(),
     );
 }
 
