@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// Signing key store [default: DATA_DIR/keys, created on first start; see `duhub keys`].
     #[arg(long, value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,
+    /// Keep update files in S3 (`s3://BUCKET/PREFIX`, settings from AWS_* variables) or Azure Blob
+    /// storage (`az://CONTAINER/PREFIX`, from AZURE_*) instead of DATA_DIR/content; needs a duhub
+    /// built with `--features object-store`.
+    #[arg(long, value_name = "URL")]
+    pub content_url: Option<String>,
     /// Print the startup summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -36,6 +36,10 @@ pub struct Settings {
     pub keys_dir: Option<PathBuf>,
     /// Where update files are stored; default `<data_dir>/content`.
     pub content_dir: Option<PathBuf>,
+    /// Keep update files in an object store instead of `content_dir`: `s3://bucket/prefix` or
+    /// `az://container/prefix` (needs the `object-store` cargo feature; `content_dir` still holds
+    /// uploads in progress).
+    pub content_url: Option<String>,
     /// Items per page of Device Update REST lists.
     pub page_size: Option<usize>,
     /// How often deployments are reconciled with the fleet, in milliseconds.
@@ -57,6 +61,7 @@ impl Settings {
             public_url: other.public_url.or(self.public_url),
             keys_dir: other.keys_dir.or(self.keys_dir),
             content_dir: other.content_dir.or(self.content_dir),
+            content_url: other.content_url.or(self.content_url),
             page_size: other.page_size.or(self.page_size),
             reconcile_interval_ms: other.reconcile_interval_ms.or(self.reconcile_interval_ms),
         }
@@ -70,8 +75,8 @@ impl Settings {
 
     /// Reads `DUHUB_DATA_DIR`, `DUHUB_HOSTNAME`, `DUHUB_BIND`, `DUHUB_HTTPS_PORT`,
     /// `DUHUB_MQTT_PORT`, `DUHUB_MQTT_PLAIN_PORT`, `DUHUB_DATABASE_URL`, `DUHUB_INSTANCE_ID`,
-    /// `DUHUB_PUBLIC_URL`, `DUHUB_KEYS_DIR`, `DUHUB_CONTENT_DIR`, `DUHUB_PAGE_SIZE` and
-    /// `DUHUB_RECONCILE_INTERVAL_MS` from `vars`.
+    /// `DUHUB_PUBLIC_URL`, `DUHUB_KEYS_DIR`, `DUHUB_CONTENT_DIR`, `DUHUB_CONTENT_URL`,
+    /// `DUHUB_PAGE_SIZE` and `DUHUB_RECONCILE_INTERVAL_MS` from `vars`.
     pub fn from_env(vars: &HashMap<String, String>) -> Result<Settings> {
         let get = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
         let port = |name: &str| -> Result<Option<u16>> {
@@ -91,6 +96,7 @@ impl Settings {
             public_url: get("DUHUB_PUBLIC_URL"),
             keys_dir: get("DUHUB_KEYS_DIR").map(PathBuf::from),
             content_dir: get("DUHUB_CONTENT_DIR").map(PathBuf::from),
+            content_url: get("DUHUB_CONTENT_URL"),
             page_size: get("DUHUB_PAGE_SIZE")
                 .map(|v| v.parse().with_context(|| format!("DUHUB_PAGE_SIZE={v} is not a number")))
                 .transpose()?,
@@ -114,6 +120,7 @@ impl Settings {
             public_url: None,
             keys_dir: None,
             content_dir: None,
+            content_url: None,
             page_size: Some(100),
             reconcile_interval_ms: Some(5000),
         }
@@ -129,7 +136,8 @@ impl Settings {
              # mqtt_plain_port = 1883   # plain-TCP MQTT, only for trusted networks\n\
              # database_url = \"postgres://postgres@127.0.0.1:5432/duhub\"\n\
              # public_url = \"https://updates.example.com\"   # what devices download from\n\
-             # keys_dir = \"duhub-data/keys\"   # signing keys (`duhub keys init --dir`)\n{body}"
+             # keys_dir = \"duhub-data/keys\"   # signing keys (`duhub keys init --dir`)\n\
+             # content_url = \"s3://bucket/prefix\"   # update files in S3 or az://container/prefix\n{body}"
         )
     }
 }
@@ -157,8 +165,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Signing key store directory.
     pub keys_dir: PathBuf,
-    /// Content store directory.
+    /// Content store directory (only staging when `content_url` is set).
     pub content_dir: PathBuf,
+    /// Object store for update files (`s3://...`, `az://...`), if not the local directory.
+    pub content_url: Option<String>,
     /// Items per REST page (at least 1).
     pub page_size: usize,
     /// Reconcile interval.
@@ -183,6 +193,7 @@ impl Config {
             public_url: s.public_url.map(|url| url.trim_end_matches('/').to_owned()),
             keys_dir: s.keys_dir.unwrap_or_else(|| data_dir.join("keys")),
             content_dir: s.content_dir.unwrap_or_else(|| data_dir.join("content")),
+            content_url: s.content_url,
             page_size: s.page_size.unwrap_or(100).max(1),
             reconcile_interval: std::time::Duration::from_millis(s.reconcile_interval_ms.unwrap_or(5000).max(10)),
             data_dir,
@@ -204,6 +215,17 @@ mod tests {
         assert_eq!(config.hostname, "hub.example");
         assert_eq!(config.mqtt_port, 1);
         assert_eq!(config.database_url, "sqlite://duhub-data/duhub.db");
+        assert_eq!(config.content_url, None);
+    }
+
+    #[test]
+    fn content_url_from_each_layer() {
+        let file: Settings = toml::from_str("content_url = \"s3://file/x\"").unwrap();
+        assert_eq!(Config::resolve(file.clone()).content_url.as_deref(), Some("s3://file/x"));
+        let env = Settings::from_env(&HashMap::from([("DUHUB_CONTENT_URL".to_owned(), "az://env/y".to_owned())]));
+        let config = Config::resolve(file.overridden_by(env.unwrap()));
+        assert_eq!(config.content_url.as_deref(), Some("az://env/y"));
+        assert_eq!(config.content_dir, PathBuf::from("duhub-data/content"));
     }
 
     #[test]

@@ -139,8 +139,11 @@ pub async fn start(config: &Config) -> Result<Running> {
         instance_id: config.instance_id.clone(),
         keys_dir: std::path::absolute(&config.keys_dir).unwrap_or(config.keys_dir.clone()),
     };
-    let content = ContentStore::open(&config.content_dir)
-        .with_context(|| format!("opening the content store {}", config.content_dir.display()))?;
+    let content = match &config.content_url {
+        None => ContentStore::open(&config.content_dir)
+            .with_context(|| format!("opening the content store {}", config.content_dir.display()))?,
+        Some(url) => ContentStore::open_url(url, &config.content_dir, &[]).context("opening the content store")?,
+    };
     let du_settings = DuSettings {
         instance_id: config.instance_id.clone(),
         public_url: config.public_url.clone().unwrap_or_else(|| admin.https_url.clone()),

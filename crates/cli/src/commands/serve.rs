@@ -26,6 +26,7 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
         instance_id: args.instance_id.clone(),
         public_url: args.public_url.clone(),
         keys_dir: args.keys_dir.clone(),
+        content_url: args.content_url.clone(),
         ..Settings::default()
     });
     let config = Config::resolve(settings);

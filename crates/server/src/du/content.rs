@@ -2,6 +2,11 @@
 //! blobs (`blobs/<lower-case hex SHA-256>`) under one root directory, and served to devices over
 //! HTTP with `Range` and `ETag` support.
 //!
+//! The blobs live on the local file system by default. With the cargo feature `object-store`,
+//! [`ContentStore::open_url`] keeps them in an S3-compatible bucket or an Azure Blob container
+//! instead (`<prefix>/blobs/<hex>`, see the `object` module); staging stays local, so every check
+//! below is the same for both backends.
+//!
 //! Content arrives as a stream (an upload body, a file being imported). [`ContentStore::put_stream`]
 //! writes it to a private temporary file in `staging/` while computing its size and SHA-256 in the
 //! same single pass, checks both against what the caller expects, and only then moves the file into
@@ -17,6 +22,7 @@
 //! makes reading and hashing take turns; on a 2-core VM that was the slower design.) The writer
 //! starts a background `fdatasync` every 32 MiB, so the disk writes while content still arrives
 //! and the sync before the final rename is short. `examples/hash_throughput.rs` measures the pass.
+//! With an object store, the commit is an upload of the verified staging file instead of a rename.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::sync::mpsc;
+
+#[cfg(feature = "object-store")]
+mod object;
 
 /// SHA-256 and size a blob must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,16 +105,42 @@ pub enum ContentError {
     /// The file system failed.
     #[error("content store i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The object store failed.
+    #[cfg(feature = "object-store")]
+    #[error("object store error: {0}")]
+    Object(#[from] object_store::Error),
+    /// A content URL that names no store this build can open.
+    #[error("content url {url}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// Blobs on the local file system under one root directory: `blobs/` holds complete blobs named by
-/// their hex SHA-256, `staging/` the temporary files of uploads in progress.
+/// What [`ContentStore::open_url`] answers in a build without the `object-store` feature.
+pub const NO_OBJECT_STORAGE: &str = "this duhub was built without object storage; rebuild with --features object-store";
+
+/// Blobs named by their hex SHA-256, in `blobs/` under one root directory on the local file
+/// system or in an object store; `staging/` under the root directory holds the temporary files of
+/// uploads in progress.
 ///
-/// One process owns a root: [`ContentStore::open`] clears `staging/`.
+/// One process owns a root: [`ContentStore::open`] and [`ContentStore::open_url`] clear `staging/`.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
-    blobs: PathBuf,
     staging: PathBuf,
+    backend: Backend,
+}
+
+/// Where complete blobs are kept.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// Files in this directory.
+    Local { blobs: PathBuf },
+    /// Objects in an object store.
+    #[cfg(feature = "object-store")]
+    Object(object::ObjectBlobs),
 }
 
 /// Chunk size for reading from an `AsyncRead` and for buffering writes.
@@ -122,8 +157,48 @@ impl ContentStore {
     /// whatever an interrupted run left in `staging`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ContentError> {
         let root = root.into();
-        let store = Self { blobs: root.join("blobs"), staging: root.join("staging") };
-        create_private_dir(&store.blobs)?;
+        let blobs = root.join("blobs");
+        create_private_dir(&blobs)?;
+        Self::with_backend(&root, Backend::Local { blobs })
+    }
+
+    /// Keeps blobs in the object store `url` names: `s3://bucket/prefix` (credentials, region and
+    /// endpoint from the standard `AWS_*` environment variables, such as `AWS_ENDPOINT` and
+    /// `AWS_ALLOW_HTTP=true` for MinIO; path-style requests unless
+    /// `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`) or `az://container/prefix` / `azure://...` (from
+    /// `AZURE_*`). `options` are `object_store` configuration keys and values applied over the
+    /// environment (`("aws_endpoint", "http://127.0.0.1:9000")`). Uploads are staged in
+    /// `<root>/staging`, as with [`ContentStore::open`].
+    ///
+    /// Without the cargo feature `object-store` this is [`ContentError::Url`] with
+    /// [`NO_OBJECT_STORAGE`].
+    pub fn open_url(url: &str, root: impl Into<PathBuf>, options: &[(&str, &str)]) -> Result<Self, ContentError> {
+        #[cfg(feature = "object-store")]
+        {
+            let blobs = object::ObjectBlobs::open_url(url, options)?;
+            Self::with_backend(&root.into(), Backend::Object(blobs))
+        }
+        #[cfg(not(feature = "object-store"))]
+        {
+            let _ = (root, options);
+            Err(ContentError::Url { url: url.to_owned(), reason: NO_OBJECT_STORAGE.to_owned() })
+        }
+    }
+
+    /// Keeps blobs in `store` under `<prefix>/blobs`, staging uploads in `<root>/staging`.
+    #[cfg(feature = "object-store")]
+    pub fn with_object_store(
+        store: std::sync::Arc<dyn object_store::ObjectStore>,
+        prefix: &str,
+        root: impl Into<PathBuf>,
+    ) -> Result<Self, ContentError> {
+        let blobs = object::ObjectBlobs::new(store, prefix)?;
+        Self::with_backend(&root.into(), Backend::Object(blobs))
+    }
+
+    /// Creates `<root>/staging` and removes whatever an interrupted run left in it.
+    fn with_backend(root: &Path, backend: Backend) -> Result<Self, ContentError> {
+        let store = Self { staging: root.join("staging"), backend };
         create_private_dir(&store.staging)?;
         for entry in std::fs::read_dir(&store.staging)? {
             let entry = entry?;
@@ -147,7 +222,8 @@ impl ContentStore {
     /// `expected`, a different size or hash is an error (reading stops as soon as the content is
     /// longer than expected). On any error, or when the future is dropped, nothing is left behind.
     /// On success the file is synced and renamed to `blobs/<hex>` (if that blob already exists, the
-    /// new copy is dropped) and the directory synced.
+    /// new copy is dropped) and the directory synced; with an object store, it is uploaded to
+    /// `<prefix>/blobs/<hex>` (unless that object exists) and removed.
     pub async fn put_stream<S, E>(
         &self,
         source: S,
@@ -196,11 +272,22 @@ impl ContentStore {
 
         // The commit runs to the end even if this future is dropped, so a blob is either fully
         // in place or absent, and the staging file is always gone.
-        let destination = self.blobs.join(blob.id());
-        let blobs_dir = self.blobs.clone();
-        tokio::task::spawn_blocking(move || staged.commit(&destination, &blobs_dir))
-            .await
-            .map_err(|error| std::io::Error::other(format!("the commit failed: {error}")))??;
+        let failed = |error: tokio::task::JoinError| std::io::Error::other(format!("the commit failed: {error}"));
+        match &self.backend {
+            Backend::Local { blobs } => {
+                let destination = blobs.join(blob.id());
+                let blobs_dir = blobs.clone();
+                tokio::task::spawn_blocking(move || staged.commit(&destination, &blobs_dir))
+                    .await
+                    .map_err(failed)??;
+            }
+            #[cfg(feature = "object-store")]
+            Backend::Object(objects) => {
+                let (objects, id) = (objects.clone(), blob.id());
+                // Dropping `staged` at the end of the task removes the staging file.
+                tokio::spawn(async move { objects.upload(&staged.path, &id, size).await }).await.map_err(failed)??;
+            }
+        }
         Ok(blob)
     }
 
@@ -214,41 +301,85 @@ impl ContentStore {
         self.put_stream(ChunkReader::new(reader), expected, limit).await
     }
 
-    /// Whether a blob with this id is stored.
-    pub fn contains(&self, id: &str) -> bool {
-        self.path(id).is_ok_and(|path| path.is_file())
+    /// Whether a blob with this id is stored (an id that cannot name a blob is not).
+    pub async fn contains(&self, id: &str) -> Result<bool, ContentError> {
+        match self.size(id).await {
+            Ok(_) => Ok(true),
+            Err(ContentError::NotFound(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// Size of a stored blob.
     pub async fn size(&self, id: &str) -> Result<u64, ContentError> {
-        let path = self.path(id)?;
-        match tokio::fs::metadata(&path).await {
-            Ok(metadata) if metadata.is_file() => Ok(metadata.len()),
-            Ok(_) => Err(ContentError::NotFound(id.to_owned())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(ContentError::NotFound(id.to_owned())),
-            Err(error) => Err(error.into()),
+        let id = valid_id(id)?;
+        match &self.backend {
+            Backend::Local { blobs } => match tokio::fs::metadata(blobs.join(id)).await {
+                Ok(metadata) if metadata.is_file() => Ok(metadata.len()),
+                Ok(_) => Err(ContentError::NotFound(id.to_owned())),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    Err(ContentError::NotFound(id.to_owned()))
+                }
+                Err(error) => Err(error.into()),
+            },
+            #[cfg(feature = "object-store")]
+            Backend::Object(objects) => objects.size(id).await?.ok_or_else(|| ContentError::NotFound(id.to_owned())),
         }
     }
 
     /// Removes a blob; one that is missing is fine. An id that cannot name a blob is
     /// [`ContentError::NotFound`].
     pub async fn delete(&self, id: &str) -> Result<(), ContentError> {
-        let path = self.path(id)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error.into()),
+        let id = valid_id(id)?;
+        match &self.backend {
+            Backend::Local { blobs } => match tokio::fs::remove_file(blobs.join(id)).await {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(error.into()),
+            },
+            #[cfg(feature = "object-store")]
+            Backend::Object(objects) => objects.delete(id).await,
         }
     }
 
-    /// Path of a blob. Ids must be 64 lower-case hex characters; anything else is
-    /// [`ContentError::NotFound`], so no id can name a path outside the store.
-    pub fn path(&self, id: &str) -> Result<PathBuf, ContentError> {
-        let valid = id.len() == 64 && id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
-            return Err(ContentError::NotFound(id.to_owned()));
+    /// The whole content of a small blob (a manifest): [`ContentError::TooLarge`] when it has more
+    /// than `limit` bytes, [`ContentError::NotFound`] when it is missing.
+    pub async fn read(&self, id: &str, limit: u64) -> Result<Vec<u8>, ContentError> {
+        let id = valid_id(id)?;
+        match &self.backend {
+            Backend::Local { blobs } => {
+                let file = match tokio::fs::File::open(blobs.join(id)).await {
+                    Ok(file) => file,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(ContentError::NotFound(id.to_owned()));
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                let mut bytes = Vec::new();
+                file.take(limit.saturating_add(1)).read_to_end(&mut bytes).await?;
+                if bytes.len() as u64 > limit {
+                    return Err(ContentError::TooLarge { limit });
+                }
+                Ok(bytes)
+            }
+            #[cfg(feature = "object-store")]
+            Backend::Object(objects) => objects.read(id, limit).await,
         }
-        Ok(self.blobs.join(id))
+    }
+
+    /// Path of a blob in a local store. Ids must be 64 lower-case hex characters; anything else is
+    /// [`ContentError::NotFound`], so no id can name a path outside the store. A store in an
+    /// object store has no paths: an `Unsupported` [`ContentError::Io`].
+    pub fn path(&self, id: &str) -> Result<PathBuf, ContentError> {
+        let id = valid_id(id)?;
+        match &self.backend {
+            Backend::Local { blobs } => Ok(blobs.join(id)),
+            #[cfg(feature = "object-store")]
+            Backend::Object(_) => {
+                Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "blobs in an object store have no local path")
+                    .into())
+            }
+        }
     }
 
     fn create_staged(&self) -> Result<Staged, ContentError> {
@@ -289,21 +420,14 @@ pub async fn serve_blob(
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let Ok(path) = store.path(id) else {
+    let Ok(id) = valid_id(id) else {
         return status_response(StatusCode::NOT_FOUND);
     };
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return status_response(StatusCode::NOT_FOUND),
+    let (size, source) = match open_blob(store, id).await {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return status_response(StatusCode::NOT_FOUND),
         Err(error) => {
             tracing::warn!(blob = id, %error, "opening a blob failed");
-            return status_response(StatusCode::INTERNAL_SERVER_ERROR);
-        }
-    };
-    let size = match file.metadata().await {
-        Ok(metadata) => metadata.len(),
-        Err(error) => {
-            tracing::warn!(blob = id, %error, "reading a blob's metadata failed");
             return status_response(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
@@ -341,13 +465,26 @@ pub async fn serve_blob(
     let body = if method == Method::HEAD || length == 0 {
         Body::empty()
     } else {
-        if start > 0
-            && let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await
-        {
-            tracing::warn!(blob = id, %error, "seeking in a blob failed");
-            return status_response(StatusCode::INTERNAL_SERVER_ERROR);
+        match source {
+            BlobSource::File(mut file) => {
+                if start > 0
+                    && let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await
+                {
+                    tracing::warn!(blob = id, %error, "seeking in a blob failed");
+                    return status_response(StatusCode::INTERNAL_SERVER_ERROR);
+                }
+                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(length), SERVE_CHUNK))
+            }
+            #[cfg(feature = "object-store")]
+            BlobSource::Object(objects) => match objects.body(id, start, length).await {
+                Ok(body) => body,
+                Err(ContentError::NotFound(_)) => return status_response(StatusCode::NOT_FOUND),
+                Err(error) => {
+                    tracing::warn!(blob = id, %error, "reading a blob from the object store failed");
+                    return status_response(StatusCode::INTERNAL_SERVER_ERROR);
+                }
+            },
         }
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(length), SERVE_CHUNK))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -361,6 +498,42 @@ pub async fn serve_blob(
         set_header(headers, header::CONTENT_RANGE, &format!("bytes {start}-{}/{size}", start + length - 1));
     }
     response
+}
+
+/// Where [`serve_blob`] reads a blob's bytes from.
+enum BlobSource {
+    /// The open blob file.
+    File(tokio::fs::File),
+    /// The object store, read with a ranged GET once the range is known.
+    #[cfg(feature = "object-store")]
+    Object(object::ObjectBlobs),
+}
+
+/// The size of a blob and where to read it from; `None` when it is missing.
+async fn open_blob(store: &ContentStore, id: &str) -> Result<Option<(u64, BlobSource)>, ContentError> {
+    match &store.backend {
+        Backend::Local { blobs } => {
+            let file = match tokio::fs::File::open(blobs.join(id)).await {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            let size = file.metadata().await?.len();
+            Ok(Some((size, BlobSource::File(file))))
+        }
+        #[cfg(feature = "object-store")]
+        Backend::Object(objects) => Ok(objects.size(id).await?.map(|size| (size, BlobSource::Object(objects.clone())))),
+    }
+}
+
+/// `id` if it can name a blob: 64 lower-case hex characters. Anything else is
+/// [`ContentError::NotFound`], so no id can name a path outside the store.
+fn valid_id(id: &str) -> Result<&str, ContentError> {
+    let valid = id.len() == 64 && id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+    if !valid {
+        return Err(ContentError::NotFound(id.to_owned()));
+    }
+    Ok(id)
 }
 
 /// A temporary file in `staging/`, removed on drop unless committed.
@@ -708,62 +881,186 @@ mod tests {
         names
     }
 
-    fn open() -> (tempfile::TempDir, ContentStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
-        (dir, store)
+    /// Which backend a test runs against.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        /// Files in `<root>/blobs`.
+        Local,
+        /// An in-memory `object_store` under the prefix [`PREFIX`]: the object code path without
+        /// a server.
+        #[cfg(feature = "object-store")]
+        Object,
     }
 
-    /// Asserts that nothing is in `staging/` and exactly `blobs` are in `blobs/`.
-    fn assert_files(dir: &tempfile::TempDir, blobs: &[&str]) {
-        assert_eq!(entries(&dir.path().join("staging")), Vec::<String>::new());
-        assert_eq!(entries(&dir.path().join("blobs")), blobs.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+    #[cfg(feature = "object-store")]
+    const PREFIX: &str = "duhub/content";
+
+    /// A store of one backend in a temporary root directory.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        store: ContentStore,
+        #[cfg(feature = "object-store")]
+        memory: Option<std::sync::Arc<object_store::memory::InMemory>>,
     }
 
-    #[tokio::test]
-    async fn put_stores_the_content_under_its_hash() {
-        let (dir, store) = open();
+    impl Fixture {
+        fn open(kind: Kind) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            match kind {
+                Kind::Local => {
+                    let store = ContentStore::open(dir.path()).unwrap();
+                    #[cfg(feature = "object-store")]
+                    return Self { dir, store, memory: None };
+                    #[cfg(not(feature = "object-store"))]
+                    Self { dir, store }
+                }
+                #[cfg(feature = "object-store")]
+                Kind::Object => {
+                    let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
+                    let store = ContentStore::with_object_store(memory.clone(), PREFIX, dir.path()).unwrap();
+                    Self { dir, store, memory: Some(memory) }
+                }
+            }
+        }
+
+        /// The same backend opened again, as after a restart.
+        fn reopen(&self) -> ContentStore {
+            #[cfg(feature = "object-store")]
+            if let Some(memory) = &self.memory {
+                return ContentStore::with_object_store(memory.clone(), PREFIX, self.dir.path()).unwrap();
+            }
+            ContentStore::open(self.dir.path()).unwrap()
+        }
+
+        /// The ids of the stored blobs, sorted. For the object backend, also checks that nothing
+        /// but blobs is stored.
+        async fn blobs(&self) -> Vec<String> {
+            #[cfg(feature = "object-store")]
+            if let Some(memory) = &self.memory {
+                use futures_util::TryStreamExt as _;
+                use object_store::ObjectStore as _;
+                let objects: Vec<_> = memory.list(None).try_collect().await.unwrap();
+                let mut ids: Vec<String> = objects
+                    .iter()
+                    .map(|object| {
+                        let location = object.location.to_string();
+                        let id = location.strip_prefix(&format!("{PREFIX}/blobs/")).unwrap_or_else(|| {
+                            panic!("{location} is not a blob");
+                        });
+                        id.to_owned()
+                    })
+                    .collect();
+                ids.sort();
+                return ids;
+            }
+            entries(&self.dir.path().join("blobs"))
+        }
+
+        /// Asserts that nothing is in `staging/` and exactly `blobs` are stored.
+        async fn assert_files(&self, blobs: &[&str]) {
+            assert_eq!(entries(&self.dir.path().join("staging")), Vec::<String>::new());
+            assert_eq!(self.blobs().await, blobs.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+        }
+    }
+
+    /// Instantiates each `test(kind: Kind)` for every backend: `local::<test>` and, with the
+    /// `object-store` feature, `object::<test>`.
+    macro_rules! backends {
+        ($($test:ident),* $(,)?) => {
+            mod local {
+                $(
+                    #[tokio::test]
+                    async fn $test() {
+                        super::$test(super::Kind::Local).await;
+                    }
+                )*
+            }
+            #[cfg(feature = "object-store")]
+            mod object {
+                $(
+                    #[tokio::test]
+                    async fn $test() {
+                        super::$test(super::Kind::Object).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    backends! {
+        put_stores_the_content_under_its_hash,
+        put_with_the_expected_size_and_hash,
+        put_reader_hashes_many_chunks,
+        put_larger_than_a_writeback_step,
+        puts_are_send,
+        put_reader_of_nothing,
+        size_mismatch_leaves_nothing,
+        hash_mismatch_leaves_nothing,
+        too_large_stops_reading_and_leaves_nothing,
+        failing_source_leaves_nothing,
+        dropped_put_leaves_nothing,
+        same_content_twice_is_one_blob,
+        open_clears_staging_and_keeps_blobs,
+        delete_and_missing_blobs,
+        read_returns_small_blobs,
+        ids_must_be_lower_case_hex,
+        serve_full_get,
+        serve_head_has_the_length_but_no_body,
+        serve_ranges,
+        serve_unsatisfiable_range,
+        serve_several_ranges_as_the_whole_body,
+        serve_if_none_match,
+        serve_if_range,
+        serve_unknown_blobs_and_other_methods,
+        serve_an_empty_blob,
+    }
+
+    async fn put_stores_the_content_under_its_hash(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let blob = store.put_stream(chunks(&[b"hello ", b"", b"world"]), None, 1024).await.unwrap();
         assert_eq!(blob.id(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         assert_eq!(blob.sha256_base64(), "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=");
         assert_eq!(blob.size, 11);
-        assert_files(&dir, &[&blob.id()]);
-        assert_eq!(std::fs::read(store.path(&blob.id()).unwrap()).unwrap(), b"hello world");
-        assert!(store.contains(&blob.id()));
+        fixture.assert_files(&[&blob.id()]).await;
+        assert_eq!(store.read(&blob.id(), 11).await.unwrap(), b"hello world");
+        assert!(store.contains(&blob.id()).await.unwrap());
         assert_eq!(store.size(&blob.id()).await.unwrap(), 11);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode(&dir.path().join("blobs")), 0o700);
-            assert_eq!(mode(&dir.path().join("staging")), 0o700);
-            assert_eq!(mode(&store.path(&blob.id()).unwrap()), 0o600);
+            assert_eq!(mode(&fixture.dir.path().join("staging")), 0o700);
+            if kind == Kind::Local {
+                assert_eq!(mode(&fixture.dir.path().join("blobs")), 0o700);
+                assert_eq!(mode(&store.path(&blob.id()).unwrap()), 0o600);
+            }
         }
     }
 
-    #[tokio::test]
-    async fn put_with_the_expected_size_and_hash() {
-        let (dir, store) = open();
+    async fn put_with_the_expected_size_and_hash(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let expected = Expected { size: 11, sha256: sha256(b"hello world") };
         let blob = store.put_stream(chunks(&[b"hello world"]), Some(expected), 11).await.unwrap();
         assert_eq!(blob, Blob { sha256: expected.sha256, size: 11 });
-        assert_files(&dir, &[&blob.id()]);
+        fixture.assert_files(&[&blob.id()]).await;
     }
 
-    #[tokio::test]
-    async fn put_reader_hashes_many_chunks() {
-        let (dir, store) = open();
+    async fn put_reader_hashes_many_chunks(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let content: Vec<u8> = (0..3 * CHUNK + 5).map(|index| (index % 251) as u8).collect();
         let expected = Expected { size: content.len() as u64, sha256: sha256(&content) };
         let blob = store.put_reader(&content[..], Some(expected), u64::MAX).await.unwrap();
         assert_eq!(blob.sha256, expected.sha256);
-        assert_files(&dir, &[&blob.id()]);
-        assert_eq!(std::fs::read(store.path(&blob.id()).unwrap()).unwrap(), content);
+        fixture.assert_files(&[&blob.id()]).await;
+        assert_eq!(store.read(&blob.id(), u64::MAX).await.unwrap(), content);
     }
 
-    #[tokio::test]
-    async fn put_larger_than_a_writeback_step() {
-        let (dir, store) = open();
+    async fn put_larger_than_a_writeback_step(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let size = WRITEBACK_STEP * 2 + 3;
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         let block = [7u8; 4096];
@@ -776,32 +1073,32 @@ mod tests {
         let reader = tokio::io::AsyncReadExt::take(tokio::io::repeat(7), size);
         let blob = store.put_reader(reader, Some(Expected { size, sha256 }), size).await.unwrap();
         assert_eq!(blob, Blob { sha256, size });
-        assert_files(&dir, &[&blob.id()]);
+        fixture.assert_files(&[&blob.id()]).await;
         assert_eq!(store.size(&blob.id()).await.unwrap(), size);
     }
 
     /// Upload handlers run on a multi-threaded runtime, so their futures must be `Send`.
-    #[test]
-    fn puts_are_send() {
+    async fn puts_are_send(kind: Kind) {
         fn assert_send<T: Send>(_: &T) {}
-        let (_dir, store) = open();
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let body = axum::body::Body::from("content").into_data_stream();
         assert_send(&store.put_stream(body, None, 100));
         assert_send(&store.put_reader(tokio::io::empty(), None, 100));
     }
 
-    #[tokio::test]
-    async fn put_reader_of_nothing() {
-        let (dir, store) = open();
+    async fn put_reader_of_nothing(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let blob = store.put_reader(tokio::io::empty(), None, 0).await.unwrap();
         assert_eq!(blob.id(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(blob.size, 0);
-        assert_files(&dir, &[&blob.id()]);
+        fixture.assert_files(&[&blob.id()]).await;
     }
 
-    #[tokio::test]
-    async fn size_mismatch_leaves_nothing() {
-        let (dir, store) = open();
+    async fn size_mismatch_leaves_nothing(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let shorter = Expected { size: 12, sha256: sha256(b"hello world") };
         let error = store.put_stream(chunks(&[b"hello world"]), Some(shorter), 100).await.unwrap_err();
         assert!(matches!(error, ContentError::SizeMismatch { expected: 12, actual: 11 }), "{error:?}");
@@ -809,23 +1106,23 @@ mod tests {
         let longer = Expected { size: 5, sha256: sha256(b"hello") };
         let error = store.put_stream(chunks(&[b"hello", b" world", b"!"]), Some(longer), 100).await.unwrap_err();
         assert!(matches!(error, ContentError::SizeMismatch { expected: 5, actual: 11 }), "{error:?}");
-        assert_files(&dir, &[]);
+        fixture.assert_files(&[]).await;
     }
 
-    #[tokio::test]
-    async fn hash_mismatch_leaves_nothing() {
-        let (dir, store) = open();
+    async fn hash_mismatch_leaves_nothing(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let expected = Expected { size: 11, sha256: sha256(b"hello WORLD") };
         let error = store.put_stream(chunks(&[b"hello world"]), Some(expected), 100).await.unwrap_err();
         let ContentError::HashMismatch { expected: wanted, actual } = &error else { panic!("{error:?}") };
         assert_eq!(wanted, &base64::engine::general_purpose::STANDARD.encode(sha256(b"hello WORLD")));
         assert_eq!(actual, "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=");
-        assert_files(&dir, &[]);
+        fixture.assert_files(&[]).await;
     }
 
-    #[tokio::test]
-    async fn too_large_stops_reading_and_leaves_nothing() {
-        let (dir, store) = open();
+    async fn too_large_stops_reading_and_leaves_nothing(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         // After the chunk that crosses the limit the stream fails; reaching that would be a
         // source error instead.
         let source = chunks(&[b"0123", b"4567", b"89"]).chain(futures_util::stream::iter([Err("read too far".into())]));
@@ -834,65 +1131,80 @@ mod tests {
         let error = store.put_reader(&[7u8; 100][..], None, 99).await.unwrap_err();
         assert!(matches!(error, ContentError::TooLarge { limit: 99 }), "{error:?}");
         // Exactly the limit is fine.
-        store.put_reader(&[7u8; 99][..], None, 99).await.unwrap();
-        assert_eq!(entries(&dir.path().join("staging")), Vec::<String>::new());
-        assert_eq!(entries(&dir.path().join("blobs")).len(), 1);
+        let blob = store.put_reader(&[7u8; 99][..], None, 99).await.unwrap();
+        fixture.assert_files(&[&blob.id()]).await;
     }
 
-    #[tokio::test]
-    async fn failing_source_leaves_nothing() {
-        let (dir, store) = open();
+    async fn failing_source_leaves_nothing(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let source = chunks(&[b"hello"]).chain(futures_util::stream::iter([Err("connection reset".to_owned())]));
         let error = store.put_stream(source, None, 100).await.unwrap_err();
         assert!(matches!(&error, ContentError::Source(message) if message == "connection reset"), "{error:?}");
-        assert_files(&dir, &[]);
+        fixture.assert_files(&[]).await;
     }
 
-    #[tokio::test]
-    async fn dropped_put_leaves_nothing() {
-        let (dir, store) = open();
+    async fn dropped_put_leaves_nothing(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let source = chunks(&[b"hello"]).chain(futures_util::stream::pending());
         let put = store.put_stream(source, None, 100);
         assert!(put.now_or_never().is_none());
-        assert_files(&dir, &[]);
+        fixture.assert_files(&[]).await;
     }
 
-    #[tokio::test]
-    async fn same_content_twice_is_one_blob() {
-        let (dir, store) = open();
+    async fn same_content_twice_is_one_blob(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let first = store.put_stream(chunks(&[b"same"]), None, 100).await.unwrap();
         let second = store.put_reader(&b"same"[..], None, 100).await.unwrap();
         assert_eq!(first, second);
-        assert_files(&dir, &[&first.id()]);
+        fixture.assert_files(&[&first.id()]).await;
     }
 
-    #[tokio::test]
-    async fn open_clears_staging_and_keeps_blobs() {
-        let (dir, store) = open();
+    async fn open_clears_staging_and_keeps_blobs(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let blob = store.put_stream(chunks(&[b"kept"]), None, 100).await.unwrap();
-        std::fs::write(dir.path().join("staging/leftover.part"), b"half").unwrap();
-        std::fs::create_dir(dir.path().join("staging/leftover-dir")).unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
-        assert_files(&dir, &[&blob.id()]);
-        assert!(store.contains(&blob.id()));
+        std::fs::write(fixture.dir.path().join("staging/leftover.part"), b"half").unwrap();
+        std::fs::create_dir(fixture.dir.path().join("staging/leftover-dir")).unwrap();
+        let store = fixture.reopen();
+        fixture.assert_files(&[&blob.id()]).await;
+        assert!(store.contains(&blob.id()).await.unwrap());
     }
 
-    #[tokio::test]
-    async fn delete_and_missing_blobs() {
-        let (dir, store) = open();
+    async fn delete_and_missing_blobs(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let blob = store.put_stream(chunks(&[b"gone soon"]), None, 100).await.unwrap();
         store.delete(&blob.id()).await.unwrap();
-        assert_files(&dir, &[]);
-        assert!(!store.contains(&blob.id()));
+        fixture.assert_files(&[]).await;
+        assert!(!store.contains(&blob.id()).await.unwrap());
         store.delete(&blob.id()).await.unwrap();
         assert!(matches!(store.size(&blob.id()).await, Err(ContentError::NotFound(id)) if id == blob.id()));
+        assert!(matches!(store.read(&blob.id(), 100).await, Err(ContentError::NotFound(id)) if id == blob.id()));
     }
 
-    #[test]
-    fn path_accepts_only_lower_case_hex_ids() {
-        let (dir, store) = open();
+    async fn read_returns_small_blobs(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
+        let blob = store.put_reader(&b"{\"manifest\": 1}"[..], None, 100).await.unwrap();
+        assert_eq!(store.read(&blob.id(), 15).await.unwrap(), b"{\"manifest\": 1}");
+        let error = store.read(&blob.id(), 14).await.unwrap_err();
+        assert!(matches!(error, ContentError::TooLarge { limit: 14 }), "{error:?}");
+        let empty = store.put_reader(tokio::io::empty(), None, 0).await.unwrap();
+        assert_eq!(store.read(&empty.id(), 0).await.unwrap(), b"");
+    }
+
+    async fn ids_must_be_lower_case_hex(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let id = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(store.path(id).unwrap(), dir.path().join("blobs").join(id));
+        match kind {
+            Kind::Local => assert_eq!(store.path(id).unwrap(), fixture.dir.path().join("blobs").join(id)),
+            #[cfg(feature = "object-store")]
+            Kind::Object => assert!(matches!(store.path(id), Err(ContentError::Io(_)))),
+        }
         for bad in [
             "../x",
             "",
@@ -903,8 +1215,45 @@ mod tests {
             "g3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         ] {
             assert!(matches!(store.path(bad), Err(ContentError::NotFound(_))), "{bad:?}");
-            assert!(!store.contains(bad), "{bad:?}");
+            assert!(!store.contains(bad).await.unwrap(), "{bad:?}");
+            assert!(matches!(store.size(bad).await, Err(ContentError::NotFound(_))), "{bad:?}");
+            assert!(matches!(store.read(bad, 100).await, Err(ContentError::NotFound(_))), "{bad:?}");
+            assert!(matches!(store.delete(bad).await, Err(ContentError::NotFound(_))), "{bad:?}");
         }
+    }
+
+    #[cfg(not(feature = "object-store"))]
+    #[test]
+    fn a_content_url_needs_the_object_store_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = ContentStore::open_url("s3://bucket/prefix", dir.path(), &[]).unwrap_err();
+        assert_eq!(error.to_string(), format!("content url s3://bucket/prefix: {NO_OBJECT_STORAGE}"));
+    }
+
+    #[cfg(feature = "object-store")]
+    #[test]
+    fn content_urls_name_a_bucket_or_container() {
+        // object_store's HTTP client is reqwest with rustls and no built-in crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let options = [("aws_region", "us-east-1"), ("aws_access_key_id", "a"), ("aws_secret_access_key", "b")];
+        for url in ["s3://bucket", "s3://bucket/", "s3://bucket/a/b/"] {
+            ContentStore::open_url(url, dir.path(), &options).unwrap();
+        }
+        for (url, reason) in [
+            ("bucket/prefix", "expected s3://bucket/prefix or az://container/prefix"),
+            ("s3:///prefix", "no bucket or container name"),
+            ("gs://bucket/prefix", "unknown scheme gs: expected s3 or az"),
+            ("s3://bucket/a//b", "not a valid object prefix"),
+        ] {
+            let error = ContentStore::open_url(url, dir.path(), &options).unwrap_err();
+            assert!(
+                matches!(&error, ContentError::Url { url: named, reason: why } if named == url && why.starts_with(reason)),
+                "{url}: {error:?}"
+            );
+        }
+        let error = ContentStore::open_url("s3://bucket/p", dir.path(), &[("no_such_key", "1")]).unwrap_err();
+        assert!(error.to_string().contains("unknown S3 setting no_such_key"), "{error}");
     }
 
     #[test]
@@ -949,11 +1298,11 @@ mod tests {
 
     const CONTENT_SIZE: usize = 1000;
 
-    async fn served() -> (tempfile::TempDir, ContentStore, String, Vec<u8>) {
-        let (dir, store) = open();
+    async fn served(kind: Kind) -> (Fixture, String, Vec<u8>) {
+        let fixture = Fixture::open(kind);
         let content: Vec<u8> = (0..CONTENT_SIZE).map(|index| (index % 251) as u8).collect();
-        let blob = store.put_reader(&content[..], None, u64::MAX).await.unwrap();
-        (dir, store, blob.id(), content)
+        let blob = fixture.store.put_reader(&content[..], None, u64::MAX).await.unwrap();
+        (fixture, blob.id(), content)
     }
 
     async fn request(
@@ -976,10 +1325,10 @@ mod tests {
         headers.get(name).map(|value| value.to_str().unwrap())
     }
 
-    #[tokio::test]
-    async fn serve_full_get() {
-        let (_dir, store, id, content) = served().await;
-        let (status, headers, body) = request(&store, &id, Method::GET, &[]).await;
+    async fn serve_full_get(kind: Kind) {
+        let (fixture, id, content) = served(kind).await;
+        let store = &fixture.store;
+        let (status, headers, body) = request(store, &id, Method::GET, &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, content);
         assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
@@ -990,11 +1339,11 @@ mod tests {
         assert_eq!(header(&headers, header::CONTENT_RANGE), None);
     }
 
-    #[tokio::test]
-    async fn serve_head_has_the_length_but_no_body() {
-        let (_dir, store, id, _) = served().await;
+    async fn serve_head_has_the_length_but_no_body(kind: Kind) {
+        let (fixture, id, _) = served(kind).await;
+        let store = &fixture.store;
         for range in [&[][..], &[(header::RANGE, "bytes=0-9")][..]] {
-            let (status, headers, body) = request(&store, &id, Method::HEAD, range).await;
+            let (status, headers, body) = request(store, &id, Method::HEAD, range).await;
             assert_eq!(status, StatusCode::OK);
             assert!(body.is_empty());
             assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
@@ -1002,13 +1351,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn serve_ranges() {
-        let (_dir, store, id, content) = served().await;
+    async fn serve_ranges(kind: Kind) {
+        let (fixture, id, content) = served(kind).await;
+        let store = &fixture.store;
         for (range, first, last) in
             [("bytes=10-19", 10, 19), ("bytes=990-", 990, 999), ("bytes=-5", 995, 999), ("bytes=998-5000", 998, 999)]
         {
-            let (status, headers, body) = request(&store, &id, Method::GET, &[(header::RANGE, range)]).await;
+            let (status, headers, body) = request(store, &id, Method::GET, &[(header::RANGE, range)]).await;
             assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
             assert_eq!(body, content[first..=last], "{range}");
             assert_eq!(header(&headers, header::CONTENT_LENGTH), Some((last - first + 1).to_string().as_str()));
@@ -1017,83 +1366,83 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn serve_unsatisfiable_range() {
-        let (_dir, store, id, _) = served().await;
-        let (status, headers, body) = request(&store, &id, Method::GET, &[(header::RANGE, "bytes=1000-")]).await;
+    async fn serve_unsatisfiable_range(kind: Kind) {
+        let (fixture, id, _) = served(kind).await;
+        let store = &fixture.store;
+        let (status, headers, body) = request(store, &id, Method::GET, &[(header::RANGE, "bytes=1000-")]).await;
         assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert!(body.is_empty());
         assert_eq!(header(&headers, header::CONTENT_RANGE), Some("bytes */1000"));
         assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("0"));
     }
 
-    #[tokio::test]
-    async fn serve_several_ranges_as_the_whole_body() {
-        let (_dir, store, id, content) = served().await;
-        let (status, headers, body) = request(&store, &id, Method::GET, &[(header::RANGE, "bytes=0-1,5-6")]).await;
+    async fn serve_several_ranges_as_the_whole_body(kind: Kind) {
+        let (fixture, id, content) = served(kind).await;
+        let store = &fixture.store;
+        let (status, headers, body) = request(store, &id, Method::GET, &[(header::RANGE, "bytes=0-1,5-6")]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, content);
         assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
     }
 
-    #[tokio::test]
-    async fn serve_if_none_match() {
-        let (_dir, store, id, content) = served().await;
+    async fn serve_if_none_match(kind: Kind) {
+        let (fixture, id, content) = served(kind).await;
+        let store = &fixture.store;
         let etag = format!("\"{id}\"");
         for value in [etag.clone(), format!("W/{etag}"), format!("\"other\", {etag}"), "*".to_owned()] {
             for method in [Method::GET, Method::HEAD] {
                 let (status, headers, body) =
-                    request(&store, &id, method, &[(header::IF_NONE_MATCH, value.as_str())]).await;
+                    request(store, &id, method, &[(header::IF_NONE_MATCH, value.as_str())]).await;
                 assert_eq!(status, StatusCode::NOT_MODIFIED, "{value}");
                 assert!(body.is_empty());
                 assert_eq!(header(&headers, header::ETAG), Some(etag.as_str()));
             }
         }
-        let (status, _, body) = request(&store, &id, Method::GET, &[(header::IF_NONE_MATCH, "\"other\"")]).await;
+        let (status, _, body) = request(store, &id, Method::GET, &[(header::IF_NONE_MATCH, "\"other\"")]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, content);
     }
 
-    #[tokio::test]
-    async fn serve_if_range() {
-        let (_dir, store, id, content) = served().await;
+    async fn serve_if_range(kind: Kind) {
+        let (fixture, id, content) = served(kind).await;
+        let store = &fixture.store;
         let etag = format!("\"{id}\"");
         let (status, _, body) =
-            request(&store, &id, Method::GET, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, etag.as_str())]).await;
+            request(store, &id, Method::GET, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, etag.as_str())]).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(body, content[..4]);
         for other in ["\"other\"", &format!("W/{etag}"), "Sat, 01 Jan 2000 00:00:00 GMT"] {
             let (status, headers, body) =
-                request(&store, &id, Method::GET, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, other)]).await;
+                request(store, &id, Method::GET, &[(header::RANGE, "bytes=0-3"), (header::IF_RANGE, other)]).await;
             assert_eq!(status, StatusCode::OK, "{other}");
             assert_eq!(body, content, "{other}");
             assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("1000"));
         }
     }
 
-    #[tokio::test]
-    async fn serve_unknown_blobs_and_other_methods() {
-        let (_dir, store, id, _) = served().await;
+    async fn serve_unknown_blobs_and_other_methods(kind: Kind) {
+        let (fixture, id, _) = served(kind).await;
+        let store = &fixture.store;
         let missing = "0".repeat(64);
         for unknown in [missing.as_str(), "../staging", "nope"] {
-            let (status, _, body) = request(&store, unknown, Method::GET, &[]).await;
+            let (status, _, body) = request(store, unknown, Method::GET, &[]).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
             assert!(body.is_empty());
         }
-        let (status, headers, _) = request(&store, &id, Method::POST, &[]).await;
+        let (status, headers, _) = request(store, &id, Method::POST, &[]).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(header(&headers, header::ALLOW), Some("GET, HEAD"));
     }
 
-    #[tokio::test]
-    async fn serve_an_empty_blob() {
-        let (_dir, store) = open();
+    async fn serve_an_empty_blob(kind: Kind) {
+        let fixture = Fixture::open(kind);
+        let store = &fixture.store;
         let id = store.put_reader(tokio::io::empty(), None, 0).await.unwrap().id();
-        let (status, headers, body) = request(&store, &id, Method::GET, &[]).await;
+        let (status, headers, body) = request(store, &id, Method::GET, &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.is_empty());
         assert_eq!(header(&headers, header::CONTENT_LENGTH), Some("0"));
-        let (status, headers, _) = request(&store, &id, Method::GET, &[(header::RANGE, "bytes=-1")]).await;
+        let (status, headers, _) = request(store, &id, Method::GET, &[(header::RANGE, "bytes=-1")]).await;
         assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(header(&headers, header::CONTENT_RANGE), Some("bytes */0"));
     }

@@ -201,7 +201,7 @@ impl DeviceUpdate {
         }
         let expected = Expected { size: location.size_in_bytes, sha256 };
         let blob = self.fetch(&location.url, "the import manifest", expected, added).await?;
-        let bytes = tokio::fs::read(self.content.path(&blob.id()).map_err(internal)?).await.map_err(internal)?;
+        let bytes = self.content.read(&blob.id(), MAX_MANIFEST_BYTES).await.map_err(internal)?;
         let text = String::from_utf8(bytes)
             .map_err(|_| ImportError::new("InvalidImportManifest", "the import manifest is not UTF-8 text"))?;
         let manifest = import_manifest::parse(&text).map_err(|error| match error {
@@ -400,7 +400,11 @@ impl DeviceUpdate {
             }
             return Ok(Blob { sha256: expected.sha256, size });
         }
-        let existed = self.content.contains(&expected.sha256.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let existed = self
+            .content
+            .contains(&expected.sha256.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            .await
+            .map_err(internal)?;
         let response = self
             .http
             .get(url)
@@ -441,7 +445,7 @@ impl DeviceUpdate {
     async fn put_bytes(&self, bytes: &[u8], added: &mut Added) -> Result<Blob, ImportError> {
         let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let existed = self.content.contains(&hex);
+        let existed = self.content.contains(&hex).await.map_err(internal)?;
         let blob = self.content.put_reader(bytes, None, u64::MAX).await.map_err(internal)?;
         if !existed {
             added.blobs.push(blob.id());

@@ -322,7 +322,7 @@ pub(crate) async fn reference_steps_ship_child_manifests(backend: Backend) {
     assert_eq!(entry["fileName"], "contoso.motor.1.0.updatemanifest.json");
     // The child manifest file holds the child's manifest, as the agent reads it.
     let file = stored.files.iter().find(|f| f.file_id == child_file).unwrap();
-    let bytes = std::fs::read(server.du_service().content().path(&file.blob).unwrap()).unwrap();
+    let bytes = server.du_service().content().read(&file.blob, 1 << 20).await.unwrap();
     let wrapped: Value = serde_json::from_slice(&bytes).unwrap();
     let child_manifest: Value = serde_json::from_str(wrapped["updateManifest"].as_str().unwrap()).unwrap();
     assert_eq!(child_manifest["updateId"]["name"], "motor");

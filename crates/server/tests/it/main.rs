@@ -14,6 +14,8 @@ mod connect;
 mod du;
 mod isolation;
 mod rest;
+#[cfg(feature = "object-store")]
+mod s3;
 mod support;
 mod twin;
 
