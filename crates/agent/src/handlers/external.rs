@@ -105,6 +105,7 @@ impl ExternalHandler {
         let exit = Invocation {
             program: &self.executable,
             args,
+            env: &[],
             work_folder: ctx.sandbox,
             log_file: ctx.sandbox.join(format!("action_{verb}.log")),
             timeout: self.timeout,

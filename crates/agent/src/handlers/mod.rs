@@ -24,14 +24,18 @@
 //! Built in ([`Registry::with_builtins`]):
 //!
 //! - [`SCRIPT_HANDLER_ID`] (`microsoft/script:1`, [`script`]): the official script protocol;
+//! - [`APT_HANDLER_ID`] (`microsoft/apt:1`, [`apt`]): Debian packages from an APT manifest, with
+//!   `apt-get` ([`BuiltinOptions::apt_command`]);
+//! - [`SWUPDATE_HANDLER_ID`] (`microsoft/swupdate:2`, [`swupdate`]): the script protocol plus a
+//!   `.swu` image, the script running `swupdate`;
 //! - [`SIMULATOR_HANDLER_ID`] (`microsoft/simulator:1`, [`simulator`]): canned results from a
 //!   `du-simulator-data.json`, registered only when [`BuiltinOptions::simulator_data_file`] is set;
 //! - any number of **external handlers** ([`Registry::register_external`], [`external`]): an
 //!   executable per handler id, called with a small command-line protocol described in
 //!   `crates/agent/HANDLERS.md`.
 //!
-//! `microsoft/apt:1`, `microsoft/swupdate:2` and the steps handler are not here; they can be
-//! added with [`Registry::register`].
+//! The steps handler (`microsoft/steps:1`) is not a step handler here: the executor runs a
+//! manifest's steps itself. Other handlers can be added with [`Registry::register`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,17 +46,25 @@ use std::time::Duration;
 use duhub_proto::result::{InstallResult, ResultCode};
 use serde_json::Value;
 
+pub mod apt;
 pub mod external;
 mod process;
 pub mod script;
 pub mod simulator;
+pub mod swupdate;
 
+pub use apt::AptHandler;
 pub use external::ExternalHandler;
 pub use script::ScriptHandler;
 pub use simulator::SimulatorHandler;
+pub use swupdate::SwUpdateHandler;
 
 /// Handler id of the built-in script handler.
 pub const SCRIPT_HANDLER_ID: &str = "microsoft/script:1";
+/// Handler id of the built-in APT handler.
+pub const APT_HANDLER_ID: &str = "microsoft/apt:1";
+/// Handler id of the built-in swupdate (v2) handler.
+pub const SWUPDATE_HANDLER_ID: &str = "microsoft/swupdate:2";
 /// Handler id of the built-in simulator handler.
 pub const SIMULATOR_HANDLER_ID: &str = "microsoft/simulator:1";
 
@@ -135,9 +147,11 @@ pub trait StepHandler: Send + Sync {
 pub struct BuiltinOptions {
     /// The simulator's `du-simulator-data.json`; the simulator is registered only when set.
     pub simulator_data_file: Option<PathBuf>,
-    /// Longest a script or external handler process may run before it is killed (and the call
-    /// fails); `None`: no limit, as the official agent.
+    /// Longest a script, `apt-get` or external handler process may run before it is killed (and
+    /// the call fails); `None`: no limit, as the official agent.
     pub process_timeout: Option<Duration>,
+    /// The `apt-get` the APT handler runs; `None`: `apt-get`, looked up on `PATH`.
+    pub apt_command: Option<PathBuf>,
 }
 
 /// The step handlers the agent knows, by handler id (the step's `handler`, e.g.
@@ -148,10 +162,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry with `microsoft/script:1` and, if configured, `microsoft/simulator:1`.
+    /// A registry with `microsoft/script:1`, `microsoft/apt:1`, `microsoft/swupdate:2` and, if
+    /// configured, `microsoft/simulator:1`.
     pub fn with_builtins(options: BuiltinOptions) -> Self {
-        let mut registry = Self { handlers: BTreeMap::new(), process_timeout: options.process_timeout };
-        registry.register(SCRIPT_HANDLER_ID, Arc::new(ScriptHandler::new(options.process_timeout)));
+        let timeout = options.process_timeout;
+        let mut registry = Self { handlers: BTreeMap::new(), process_timeout: timeout };
+        registry.register(SCRIPT_HANDLER_ID, Arc::new(ScriptHandler::new(timeout)));
+        let apt_get = options.apt_command.unwrap_or_else(|| PathBuf::from("apt-get"));
+        registry.register(APT_HANDLER_ID, Arc::new(AptHandler::new(apt_get, timeout)));
+        registry.register(SWUPDATE_HANDLER_ID, Arc::new(SwUpdateHandler::new(timeout)));
         if let Some(data_file) = options.simulator_data_file {
             registry.register(SIMULATOR_HANDLER_ID, Arc::new(SimulatorHandler::new(data_file)));
         }

@@ -56,6 +56,8 @@ impl Running {
 pub(crate) struct Invocation<'a> {
     pub(crate) program: &'a Path,
     pub(crate) args: Vec<OsString>,
+    /// Extra environment variables (on top of the agent's environment).
+    pub(crate) env: &'a [(&'a str, &'a str)],
     /// Working directory (the sandbox).
     pub(crate) work_folder: &'a Path,
     /// Where stdout and stderr are appended.
@@ -96,6 +98,7 @@ impl Invocation<'_> {
         let mut command = Command::new(self.program);
         command
             .args(&self.args)
+            .envs(self.env.iter().copied())
             .current_dir(self.work_folder)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -22,6 +22,10 @@
 //! `ADUC_ERC_SCRIPT_HANDLER_INSTALL_FAILURE_PARSE_RESULT_FILE`); a failing `resultCode` with ERC 0
 //! -> [`ExtendedResultCode::SCRIPT_FAILURE_WITHOUT_ERC`] (`0x30500206`).
 //!
+//! The protocol machinery (finding and preparing the script, running it, reading the result
+//! file) is shared with `microsoft/swupdate:2` ([`super::swupdate`]), which differs only in its
+//! codes and its argv.
+//!
 //! # Differences from the official agent
 //!
 //! - The script runs **directly, as the user the agent runs as** — there is no `adu-shell`
@@ -75,47 +79,110 @@ const COMPONENT_PLACEHOLDERS: &[&str] = &[
     "--component-group-val",
 ];
 
-/// The `microsoft/script:1` handler.
-#[derive(Debug, Default)]
-pub struct ScriptHandler {
-    timeout: Option<Duration>,
-    running: Running,
+/// The codes a handler speaking the script protocol reports for the failures the protocol itself
+/// has (script:1 and swupdate:2 differ in these, and in their argv).
+#[derive(Debug)]
+pub(crate) struct Codes {
+    /// `scriptFileName` is missing.
+    pub(crate) missing_script_file_name: ExtendedResultCode,
+    /// The script is not in the sandbox, or `scriptFileName` is not a plain file name.
+    pub(crate) missing_script_file: ExtendedResultCode,
+    /// Exit 0 but the result file is missing or unparsable.
+    pub(crate) parse_result_file: ExtendedResultCode,
+    /// The script reported a failing `resultCode` with extended result 0.
+    pub(crate) failure_without_erc: ExtendedResultCode,
+    /// The script ran longer than the process timeout.
+    pub(crate) timed_out: ExtendedResultCode,
+    /// The script could not be started.
+    pub(crate) spawn_failed: ExtendedResultCode,
+    /// The script could not be made executable, or a stale result file not removed.
+    pub(crate) prepare_failed: ExtendedResultCode,
+    /// Exit code `e != 0` gives `exit_code_base + e`.
+    pub(crate) exit_code_base: ExtendedResultCode,
 }
 
-impl ScriptHandler {
-    /// A script handler killing scripts that run longer than `timeout` (if any).
-    pub fn new(timeout: Option<Duration>) -> Self {
-        Self { timeout, running: Running::default() }
+impl Codes {
+    fn exit_code(&self, code: i32) -> ExtendedResultCode {
+        ExtendedResultCode(self.exit_code_base.0.wrapping_add(code.cast_unsigned()))
+    }
+}
+
+/// The codes of `microsoft/script:1`.
+const SCRIPT_CODES: Codes = Codes {
+    missing_script_file_name: MISSING_SCRIPT_FILE_NAME_PROPERTY,
+    missing_script_file: MISSING_PRIMARY_SCRIPT_FILE,
+    parse_result_file: PARSE_RESULT_FILE,
+    failure_without_erc: ExtendedResultCode::SCRIPT_FAILURE_WITHOUT_ERC,
+    timed_out: TIMED_OUT,
+    spawn_failed: SPAWN_FAILED,
+    prepare_failed: PREPARE_FAILED,
+    exit_code_base: ExtendedResultCode::from_script_exit_code(0),
+};
+
+/// The files of one action of the script protocol.
+pub(crate) struct ActionFiles<'a> {
+    /// The verb (`is-installed`, `install`, `apply`).
+    pub(crate) verb: &'a str,
+    /// `<sandbox>/action_<verb>_aduc_result.json`.
+    pub(crate) result_file: &'a Path,
+}
+
+/// Runs the step's script with the script protocol: what script:1 and swupdate:2 share — finding
+/// and preparing the script, running it (cancel, timeout), and reading its result file.
+#[derive(Debug)]
+pub(crate) struct ScriptRunner {
+    timeout: Option<Duration>,
+    running: Running,
+    codes: &'static Codes,
+}
+
+impl ScriptRunner {
+    /// A runner reporting `codes`, killing scripts that run longer than `timeout` (if any).
+    pub(crate) fn new(timeout: Option<Duration>, codes: &'static Codes) -> Self {
+        Self { timeout, running: Running::default(), codes }
     }
 
-    fn run_action(&self, ctx: &StepContext<'_>, verb: &str) -> InstallResult {
+    /// Runs the `verb` action: `args` builds the script's argv (after the program name) or
+    /// refuses with a failure.
+    pub(crate) fn run_action(
+        &self,
+        ctx: &StepContext<'_>,
+        verb: &str,
+        args: impl FnOnce(&ActionFiles<'_>) -> Result<Vec<OsString>, InstallResult>,
+    ) -> InstallResult {
+        let codes = self.codes;
         let properties = ctx.handler_properties;
         let Some(script_name) = properties.get("scriptFileName").and_then(Value::as_str).filter(|n| !n.is_empty())
         else {
-            return InstallResult::failure(MISSING_SCRIPT_FILE_NAME_PROPERTY)
+            return InstallResult::failure(codes.missing_script_file_name)
                 .with_details("handlerProperties.scriptFileName is missing");
         };
         if !is_plain_file_name(script_name) {
-            return InstallResult::failure(MISSING_PRIMARY_SCRIPT_FILE)
+            return InstallResult::failure(codes.missing_script_file)
                 .with_details(format!("scriptFileName {script_name:?} is not a plain file name"));
         }
         let script = ctx.sandbox.join(script_name);
         if !script.is_file() {
-            return InstallResult::failure(MISSING_PRIMARY_SCRIPT_FILE)
+            return InstallResult::failure(codes.missing_script_file)
                 .with_details(format!("script {} is not in the sandbox", script.display()));
         }
-        if let Err(error) = make_executable(&script) {
-            return InstallResult::failure(PREPARE_FAILED).with_details(format!("chmod {}: {error}", script.display()));
-        }
         let result_file = ctx.sandbox.join(format!("action_{verb}_aduc_result.json"));
+        let args = match args(&ActionFiles { verb, result_file: &result_file }) {
+            Ok(args) => args,
+            Err(refused) => return refused,
+        };
+        if let Err(error) = make_executable(&script) {
+            return InstallResult::failure(codes.prepare_failed)
+                .with_details(format!("chmod {}: {error}", script.display()));
+        }
         if let Err(error) = process::remove_stale(&result_file) {
-            return InstallResult::failure(PREPARE_FAILED)
+            return InstallResult::failure(codes.prepare_failed)
                 .with_details(format!("removing {}: {error}", result_file.display()));
         }
-        let args = script_arguments(properties, verb, ctx.sandbox, &result_file, ctx.effective_installed_criteria());
         let exit = Invocation {
             program: &script,
             args,
+            env: &[],
             work_folder: ctx.sandbox,
             log_file: ctx.sandbox.join(format!("action_{verb}.log")),
             timeout: self.timeout,
@@ -125,19 +192,59 @@ impl ScriptHandler {
         .run();
         match exit {
             Exit::Code(0) => match ResultFile::read(&result_file) {
-                Some(result) => result.into_result(ExtendedResultCode::SCRIPT_FAILURE_WITHOUT_ERC),
-                None => InstallResult::failure(PARSE_RESULT_FILE)
+                Some(result) => result.into_result(codes.failure_without_erc),
+                None => InstallResult::failure(codes.parse_result_file)
                     .with_details(format!("{} is missing or not a result", result_file.display())),
             },
-            Exit::Code(code) => InstallResult::failure(ExtendedResultCode::from_script_exit_code(code))
+            Exit::Code(code) => InstallResult::failure(codes.exit_code(code))
                 .with_details(format!("{script_name} --action {verb} exited with code {code}")),
             Exit::Cancelled => process::cancelled(),
-            Exit::TimedOut => InstallResult::failure(TIMED_OUT)
+            Exit::TimedOut => InstallResult::failure(codes.timed_out)
                 .with_details(format!("{script_name} --action {verb} timed out and was killed")),
-            Exit::SpawnFailed(error) => {
-                InstallResult::failure(SPAWN_FAILED).with_details(format!("cannot run {}: {error}", script.display()))
-            }
+            Exit::SpawnFailed(error) => InstallResult::failure(codes.spawn_failed)
+                .with_details(format!("cannot run {}: {error}", script.display())),
         }
+    }
+
+    /// Kills the script running for `ctx.workflow_id`, if any; answers 800 either way.
+    pub(crate) fn cancel(&self, ctx: &StepContext<'_>) -> InstallResult {
+        let killed = self.running.cancel(ctx.workflow_id);
+        let details = if killed { "the running script was killed" } else { "no script was running" };
+        InstallResult::success(ResultCode::CANCEL_SUCCESS).with_details(details)
+    }
+}
+
+/// Options of swupdate:2 whose value is a file name in the sandbox.
+const SWU_FILE_OPTIONS: &[&str] = &["--swu-file", "--image-file"];
+
+/// The `microsoft/script:1` handler.
+#[derive(Debug)]
+pub struct ScriptHandler {
+    runner: ScriptRunner,
+}
+
+impl Default for ScriptHandler {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl ScriptHandler {
+    /// A script handler killing scripts that run longer than `timeout` (if any).
+    pub fn new(timeout: Option<Duration>) -> Self {
+        Self { runner: ScriptRunner::new(timeout, &SCRIPT_CODES) }
+    }
+
+    fn run_action(&self, ctx: &StepContext<'_>, verb: &str) -> InstallResult {
+        self.runner.run_action(ctx, verb, |files| {
+            Ok(script_arguments(
+                ctx.handler_properties,
+                files.verb,
+                ctx.sandbox,
+                files.result_file,
+                ctx.effective_installed_criteria(),
+            ))
+        })
     }
 }
 
@@ -155,13 +262,11 @@ impl StepHandler for ScriptHandler {
     }
 
     fn cancel(&self, ctx: &StepContext<'_>) -> InstallResult {
-        let killed = self.running.cancel(ctx.workflow_id);
-        let details = if killed { "the running script was killed" } else { "no script was running" };
-        InstallResult::success(ResultCode::CANCEL_SUCCESS).with_details(details)
+        self.runner.cancel(ctx)
     }
 }
 
-/// The script's argv (after the program name), per the official protocol.
+/// The script:1 argv (after the program name), per the official protocol.
 pub(crate) fn script_arguments(
     properties: &Map<String, Value>,
     verb: &str,
@@ -169,13 +274,35 @@ pub(crate) fn script_arguments(
     result_file: &Path,
     installed_criteria: Option<&str>,
 ) -> Vec<OsString> {
-    let mut args: Vec<OsString> = Vec::new();
+    let mut args = action_arguments(properties, verb);
+    args.extend(argument_tokens(properties, None).unwrap_or_default());
+    args.push("--work-folder".into());
+    args.push(sandbox.into());
+    args.push("--result-file".into());
+    args.push(result_file.into());
+    push_installed_criteria(&mut args, installed_criteria);
+    args
+}
+
+/// `--action-<verb>` (apiVersion 1.0, the default) or `--action <verb>` (apiVersion `"1.1"`).
+pub(crate) fn action_arguments(properties: &Map<String, Value>, verb: &str) -> Vec<OsString> {
     if properties.get("apiVersion").and_then(Value::as_str).map(str::trim) == Some("1.1") {
-        args.push("--action".into());
-        args.push(verb.into());
+        vec!["--action".into(), verb.into()]
     } else {
-        args.push(format!("--action-{verb}").into());
+        vec![format!("--action-{verb}").into()]
     }
+}
+
+/// The `arguments` property split on whitespace, component placeholders replaced by `n/a`.
+///
+/// With `swu_folder` (swupdate:2), `--swu-file <name>` and `--image-file <name>` take the next
+/// token as a file name in that folder and pass its full path; a missing or not plain name is an
+/// error (the message says why).
+pub(crate) fn argument_tokens(
+    properties: &Map<String, Value>,
+    swu_folder: Option<&Path>,
+) -> Result<Vec<OsString>, String> {
+    let mut args: Vec<OsString> = Vec::new();
     let arguments = properties.get("arguments").and_then(Value::as_str).unwrap_or_default();
     let mut tokens = arguments.split_whitespace();
     while let Some(token) = tokens.next() {
@@ -185,19 +312,26 @@ pub(crate) fn script_arguments(
             args.push("n/a".into());
         } else if COMPONENT_PLACEHOLDERS.contains(&token) {
             args.push("n/a".into());
+        } else if let Some(folder) = swu_folder.filter(|_| SWU_FILE_OPTIONS.contains(&token)) {
+            let name = tokens.next().ok_or_else(|| format!("{token} in arguments has no file name"))?;
+            if !is_plain_file_name(name) {
+                return Err(format!("{token} {name:?}: not a plain file name"));
+            }
+            args.push(token.into());
+            args.push(folder.join(name).into());
         } else {
             args.push(token.into());
         }
     }
-    args.push("--work-folder".into());
-    args.push(sandbox.into());
-    args.push("--result-file".into());
-    args.push(result_file.into());
+    Ok(args)
+}
+
+/// Appends `--installed-criteria <value>` when there is one.
+pub(crate) fn push_installed_criteria(args: &mut Vec<OsString>, installed_criteria: Option<&str>) {
     if let Some(criteria) = installed_criteria {
         args.push("--installed-criteria".into());
         args.push(criteria.into());
     }
-    args
 }
 
 /// Whether `name` names a file directly in a folder (no separators, not `.` or `..`).

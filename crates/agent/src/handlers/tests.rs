@@ -461,11 +461,17 @@ fn external_handler_failures() {
 #[test]
 fn registry_builtins() {
     let registry = Registry::with_builtins(BuiltinOptions::default());
-    assert_eq!(registry.handler_ids().collect::<Vec<_>>(), [SCRIPT_HANDLER_ID]);
-    assert!(registry.get("microsoft/apt:1").is_none());
-    let registry =
-        Registry::with_builtins(BuiltinOptions { simulator_data_file: Some(template()), process_timeout: None });
-    assert_eq!(registry.handler_ids().collect::<Vec<_>>(), [SCRIPT_HANDLER_ID, SIMULATOR_HANDLER_ID]);
+    assert_eq!(registry.handler_ids().collect::<Vec<_>>(), [APT_HANDLER_ID, SCRIPT_HANDLER_ID, SWUPDATE_HANDLER_ID]);
+    assert!(registry.get("microsoft/steps:1").is_none());
+    let registry = Registry::with_builtins(BuiltinOptions {
+        simulator_data_file: Some(template()),
+        process_timeout: None,
+        apt_command: None,
+    });
+    assert_eq!(
+        registry.handler_ids().collect::<Vec<_>>(),
+        [APT_HANDLER_ID, SCRIPT_HANDLER_ID, SIMULATOR_HANDLER_ID, SWUPDATE_HANDLER_ID]
+    );
     let fixture = Fixture::new(json!({}));
     let simulator = registry.get(SIMULATOR_HANDLER_ID).unwrap();
     assert_eq!(codes(&simulator.apply(&fixture.ctx())), (700, 0));
@@ -477,4 +483,413 @@ fn failure_constants_are_the_official_ones() {
     assert_eq!(script::PARSE_RESULT_FILE, ExtendedResultCode(0x3050_0205));
     assert_eq!(external::EXIT_CODE_BASE.facility(), 3);
     assert_eq!(external::EXIT_CODE_BASE.component(), 32);
+    for (code, value) in [
+        (apt::INITIALIZATION_FAILURE, 0x3020_0001),
+        (apt::INVALID_PACKAGE_DATA, 0x3020_0002),
+        (apt::WRONG_FILE_COUNT, 0x3020_0004),
+        (apt::GET_FILE_ENTITY_FAILURE, 0x3020_0005),
+        (apt::INSTALLED_CRITERIA_PERSIST_FAILURE, 0x3020_0006),
+        (apt::MISSING_INSTALLED_CRITERIA, 0x3020_0007),
+        (swupdate::MISSING_SCRIPT_FILE_NAME, 0x3010_0007),
+        (swupdate::MISSING_SWU_FILE_NAME, 0x3010_0008),
+        (swupdate::MISSING_SCRIPT_FILE, 0x3010_0107),
+        (swupdate::IMAGE_FILE_NOT_FOUND, 0x3010_0202),
+        (swupdate::PARSE_RESULT_FILE, 0x3010_0205),
+    ] {
+        assert_eq!(code, ExtendedResultCode(value));
+    }
+    for code in [apt::UPDATE_EXIT_BASE, apt::INSTALL_EXIT_BASE, apt::REMOVE_EXIT_BASE, apt::TIMED_OUT] {
+        assert_eq!((code.facility(), code.component()), (3, 2), "{code}");
+    }
+    for code in [swupdate::EXIT_CODE_BASE, swupdate::FAILURE_WITHOUT_ERC, swupdate::TIMED_OUT] {
+        assert_eq!((code.facility(), code.component()), (3, 1), "{code}");
+    }
+}
+
+// --- microsoft/apt:1 --------------------------------------------------------------------------
+
+fn apt_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/handlers").join(name)
+}
+
+/// A fake `apt-get` in its own folder: appends `DEBIAN_FRONTEND=<value> <argv...>` as one line
+/// to `calls.txt` there, and exits with the code in `fail-<subcommand>` when that file exists.
+struct FakeAptGet {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+}
+
+impl FakeAptGet {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("apt-get");
+        let d = dir.path().display();
+        fs::write(
+            &exe,
+            format!(
+                r#"#!/bin/sh
+echo "DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> "{d}/calls.txt"
+[ -f "{d}/sleep-$1" ] && sleep 30
+[ -f "{d}/fail-$1" ] && exit "$(cat "{d}/fail-$1")"
+echo "fake apt-get $1 done"
+exit 0
+"#
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir, exe }
+    }
+
+    fn handler(&self) -> AptHandler {
+        AptHandler::new(self.exe.clone(), Some(Duration::from_secs(60)))
+    }
+
+    fn calls(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("calls.txt")).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    fn set(&self, file: &str, contents: &str) {
+        fs::write(self.dir.path().join(file), contents).unwrap();
+    }
+}
+
+/// A fixture whose one file is the APT manifest `manifest` (copied into the sandbox).
+fn apt_step(manifest: &str, criteria: Option<&str>) -> Fixture {
+    let mut fixture = Fixture::new(json!({}));
+    let path = fixture.sandbox.join("apt-manifest.json");
+    fs::copy(apt_fixture(manifest), &path).unwrap();
+    fixture.files = vec![path];
+    fixture.installed_criteria = criteria.map(str::to_owned);
+    fixture
+}
+
+#[test]
+fn apt_installs_records_and_reports_installed() {
+    let fake = FakeAptGet::new();
+    let handler = fake.handler();
+    let fixture = apt_step("libcurl4-doc-7.58-apt-manifest.json", Some("sample-2.0.1"));
+    let ctx = fixture.ctx();
+    assert_eq!(codes(&handler.is_installed(&ctx)), (901, 0));
+    assert!(fake.calls().is_empty(), "is-installed runs no apt-get");
+
+    let installed = handler.install(&ctx);
+    assert_eq!(codes(&installed), (600, 0), "{installed:?}");
+    assert_eq!(
+        fake.calls(),
+        [
+            "DEBIAN_FRONTEND=noninteractive update",
+            "DEBIAN_FRONTEND=noninteractive install -y --allow-downgrades -o Dpkg::Options::=--force-confdef \
+             -o Dpkg::Options::=--force-confold libcurl4-doc=7.58.0-2ubuntu3.12",
+        ]
+    );
+    let log = fs::read_to_string(fixture.sandbox.join("action_install.log")).unwrap();
+    assert!(log.contains("fake apt-get install done"), "{log}");
+    // Installing alone records nothing.
+    assert_eq!(codes(&handler.is_installed(&ctx)), (901, 0));
+
+    assert_eq!(codes(&handler.apply(&ctx)), (700, 0));
+    assert_eq!(codes(&handler.is_installed(&ctx)), (900, 0));
+    let records: Value =
+        serde_json::from_str(&fs::read_to_string(fixture.data_dir.join("installedcriteria")).unwrap()).unwrap();
+    assert_eq!(records, json!([{"installedCriteria": "sample-2.0.1", "state": "installed"}]));
+
+    // A second apply does not duplicate; another criteria is appended; others stay not installed.
+    assert_eq!(codes(&handler.apply(&ctx)), (700, 0));
+    let mut other = apt_step("libcurl4-doc-apt-manifest.json", Some("sample-1.0.1"));
+    other.data_dir = fixture.data_dir.clone();
+    assert_eq!(codes(&handler.is_installed(&other.ctx())), (901, 0));
+    assert_eq!(codes(&handler.apply(&other.ctx())), (700, 0));
+    let records: Value =
+        serde_json::from_str(&fs::read_to_string(fixture.data_dir.join("installedcriteria")).unwrap()).unwrap();
+    assert_eq!(
+        records,
+        json!([
+            {"installedCriteria": "sample-2.0.1", "state": "installed"},
+            {"installedCriteria": "sample-1.0.1", "state": "installed"},
+        ])
+    );
+    assert_eq!(codes(&handler.is_installed(&ctx)), (900, 0));
+}
+
+#[test]
+fn apt_unversioned_removal_and_restart() {
+    let fake = FakeAptGet::new();
+    let handler = fake.handler();
+    let fixture = apt_step("libcurl4-doc-apt-manifest.json", Some("c"));
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (600, 0));
+    let removal = apt_step("libcurl4-doc-remove-apt-manifest.json", Some("c-remove"));
+    assert_eq!(codes(&handler.install(&removal.ctx())), (600, 0));
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[1].ends_with("--force-confold libcurl4-doc"), "{calls:?}");
+    assert_eq!(calls[3], "DEBIAN_FRONTEND=noninteractive remove -y libcurl4-doc");
+
+    // agentRestartRequired: true -> 707 (and recorded).
+    let restart = apt_step("sample_apt_manifest.json", Some("du-agent-update-0.7.0"));
+    assert_eq!(codes(&handler.install(&restart.ctx())), (600, 0));
+    assert!(fake.calls()[5].ends_with(" deviceupdate-agent=0.7.0~public~preview"), "{:?}", fake.calls());
+    assert_eq!(codes(&handler.apply(&restart.ctx())), (707, 0));
+    assert_eq!(codes(&handler.is_installed(&restart.ctx())), (900, 0));
+}
+
+#[test]
+fn apt_exit_codes_map_per_command() {
+    let fake = FakeAptGet::new();
+    let handler = fake.handler();
+    let fixture = apt_step("libcurl4-doc-apt-manifest.json", Some("c"));
+    fake.set("fail-update", "100");
+    let failed = handler.install(&fixture.ctx());
+    assert_eq!(codes(&failed), (0, 0x3020_1064));
+    assert!(failed.result_details.unwrap().contains("apt-get update exited with code 100"));
+    assert_eq!(fake.calls().len(), 1, "nothing runs after a failing update");
+
+    fs::remove_file(fake.dir.path().join("fail-update")).unwrap();
+    fake.set("fail-install", "100");
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3020_2064));
+
+    let removal = apt_step("libcurl4-doc-remove-apt-manifest.json", Some("c"));
+    fake.set("fail-remove", "3");
+    assert_eq!(codes(&handler.install(&removal.ctx())), (0, 0x3020_3003));
+    // A failed install records nothing.
+    assert!(!fixture.data_dir.join("installedcriteria").exists());
+
+    let missing = AptHandler::new(fake.dir.path().join("absent"), None);
+    assert_eq!(codes(&missing.install(&fixture.ctx())), (0, apt::SPAWN_FAILED.0));
+
+    fake.set("sleep-update", "");
+    let slow = AptHandler::new(fake.exe.clone(), Some(Duration::from_millis(200)));
+    assert_eq!(codes(&slow.install(&fixture.ctx())), (0, apt::TIMED_OUT.0));
+}
+
+#[test]
+fn apt_cancel_kills_apt_get() {
+    let fake = FakeAptGet::new();
+    fake.set("sleep-update", "");
+    let handler = fake.handler();
+    let fixture = apt_step("libcurl4-doc-apt-manifest.json", Some("c"));
+    let started = Instant::now();
+    let result = std::thread::scope(|scope| {
+        let running = scope.spawn(|| handler.install(&fixture.ctx()));
+        let calls = fake.dir.path().join("calls.txt");
+        wait_for(&calls);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(codes(&handler.cancel(&fixture.ctx())), (800, 0));
+        running.join().unwrap()
+    });
+    assert_eq!(result.result_code, ResultCode::FAILURE_CANCELLED);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn apt_step_errors() {
+    let fake = FakeAptGet::new();
+    let handler = fake.handler();
+
+    // No installed criteria: every call fails, nothing runs.
+    let fixture = apt_step("libcurl4-doc-apt-manifest.json", None);
+    for result in [handler.is_installed(&fixture.ctx()), handler.install(&fixture.ctx()), handler.apply(&fixture.ctx())]
+    {
+        assert_eq!(codes(&result), (0, 0x3020_0007));
+    }
+    // From handlerProperties, it counts.
+    let mut fixture = apt_step("libcurl4-doc-apt-manifest.json", None);
+    fixture.properties.insert("installedCriteria".into(), json!("from-properties"));
+    assert_eq!(codes(&handler.is_installed(&fixture.ctx())), (901, 0));
+
+    // File count.
+    let mut fixture = apt_step("libcurl4-doc-apt-manifest.json", Some("c"));
+    fixture.files.push(fixture.sandbox.join("second.json"));
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3020_0004));
+    fixture.files.clear();
+    assert_eq!(codes(&handler.apply(&fixture.ctx())), (0, 0x3020_0004));
+    // Unreadable manifest.
+    fixture.files = vec![fixture.sandbox.join("absent.json")];
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3020_0005));
+    // Not JSON; JSON but not a manifest.
+    let path = fixture.sandbox.join("bad.json");
+    fixture.files = vec![path.clone()];
+    fs::write(&path, "{ nope").unwrap();
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3020_0001));
+    for bad in [
+        json!([]),
+        json!({"version": "1", "packages": [{"name": "a"}]}),
+        json!({"name": "n", "packages": [{"name": "a"}]}),
+        json!({"name": "n", "version": "1", "packages": []}),
+        json!({"name": "n", "version": "1"}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "-o"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "--allow-unauthenticated"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "a b"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "a=1"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "-"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"version": "1"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "a", "version": "1 -o x"}]}),
+        json!({"name": "n", "version": "1", "packages": [{"name": "a"}], "agentRestartRequired": "yes"}),
+    ] {
+        fs::write(&path, bad.to_string()).unwrap();
+        assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3020_0002), "{bad}");
+        assert_eq!(codes(&handler.apply(&fixture.ctx())), (0, 0x3020_0002), "{bad}");
+    }
+    assert!(fake.calls().is_empty(), "no apt-get for a bad step: {:?}", fake.calls());
+    assert!(!fixture.data_dir.join("installedcriteria").exists());
+}
+
+#[test]
+fn apt_installed_criteria_file_edge_cases() {
+    let fake = FakeAptGet::new();
+    let handler = fake.handler();
+    let fixture = apt_step("libcurl4-doc-apt-manifest.json", Some("c"));
+    let file = fixture.data_dir.join("installedcriteria");
+    // Another state, or a corrupt file: not installed; apply starts the corrupt file afresh.
+    fs::write(&file, r#"[{"installedCriteria": "c", "state": "removed"}, "junk"]"#).unwrap();
+    assert_eq!(codes(&handler.is_installed(&fixture.ctx())), (901, 0));
+    fs::write(&file, "not json").unwrap();
+    assert_eq!(codes(&handler.is_installed(&fixture.ctx())), (901, 0));
+    assert_eq!(codes(&handler.apply(&fixture.ctx())), (700, 0));
+    let records: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(records, json!([{"installedCriteria": "c", "state": "installed"}]));
+    // Unreadable (a folder): is-installed and apply fail with their own codes.
+    fs::remove_file(&file).unwrap();
+    fs::create_dir(&file).unwrap();
+    assert_eq!(codes(&handler.is_installed(&fixture.ctx())), (0, apt::INSTALLED_CRITERIA_UNREADABLE.0));
+    assert_eq!(codes(&handler.apply(&fixture.ctx())), (0, 0x3020_0006));
+}
+
+#[test]
+fn apt_manifest_parsing() {
+    let manifest =
+        apt::AptManifest::parse(&fs::read(apt_fixture("libcurl4-doc-7.58-apt-manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest,
+        apt::AptManifest {
+            name: "Sample package update 2".into(),
+            version: "2.0.1".into(),
+            install: vec!["libcurl4-doc=7.58.0-2ubuntu3.12".into()],
+            remove: vec![],
+            agent_restart_required: false,
+        }
+    );
+    let mixed = br#"{"name":"n","version":"1","packages":[{"name":"a:amd64","version":"1:2.0~rc1+b1"},{"name":"old-"},{"name":"b","version":""}]}"#;
+    let manifest = apt::AptManifest::parse(mixed).unwrap();
+    assert_eq!(manifest.install, ["a:amd64=1:2.0~rc1+b1", "b"]);
+    assert_eq!(manifest.remove, ["old"]);
+}
+
+// --- microsoft/swupdate:2 ---------------------------------------------------------------------
+
+#[test]
+fn swupdate_argv_resolves_swu_files_and_adds_runtime_options() {
+    let mut fixture = Fixture::new(json!({
+        "scriptFileName": "update.sh",
+        "arguments": "--restart-agent --swu-file image.swu --component-name-val",
+        "swuFileName": "image.swu",
+        "installedCriteria": "1.0.2",
+    }));
+    fixture.script("update.sh", r#"result 600 0 "ok""#);
+    fs::write(fixture.sandbox.join("image.swu"), "swu").unwrap();
+    let result = SwUpdateHandler::new(None).install(&fixture.ctx());
+    assert_eq!(codes(&result), (600, 0));
+    let s = fixture.sandbox_str();
+    assert_eq!(
+        fixture.args(),
+        [
+            "--action-install",
+            "--restart-agent",
+            "--swu-file",
+            &format!("{s}/image.swu"),
+            "n/a",
+            "--swu-file",
+            &format!("{s}/image.swu"),
+            "--work-folder",
+            &s,
+            "--output-file",
+            &format!("{s}/action_install_output.txt"),
+            "--log-file",
+            &format!("{s}/action_install_script.log"),
+            "--result-file",
+            &format!("{s}/action_install_aduc_result.json"),
+            "--installed-criteria",
+            "1.0.2",
+        ]
+    );
+
+    // apiVersion 1.1, --image-file, no swuFileName, no criteria.
+    let mut fixture = Fixture::new(json!({
+        "scriptFileName": "update.sh", "apiVersion": "1.1", "arguments": "--image-file a.swu",
+    }));
+    fixture.script("update.sh", r#"result 901 0 """#);
+    assert_eq!(codes(&SwUpdateHandler::new(None).is_installed(&fixture.ctx())), (901, 0));
+    let s = fixture.sandbox_str();
+    assert_eq!(
+        fixture.args(),
+        [
+            "--action",
+            "is-installed",
+            "--image-file",
+            &format!("{s}/a.swu"),
+            "--work-folder",
+            &s,
+            "--output-file",
+            &format!("{s}/action_is-installed_output.txt"),
+            "--log-file",
+            &format!("{s}/action_is-installed_script.log"),
+            "--result-file",
+            &format!("{s}/action_is-installed_aduc_result.json"),
+        ]
+    );
+}
+
+#[test]
+fn swupdate_codes() {
+    let handler = SwUpdateHandler::new(None);
+    let fixture = Fixture::new(json!({}));
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3010_0007));
+    let fixture = Fixture::new(json!({"scriptFileName": "absent.sh"}));
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3010_0107));
+
+    let mut fixture = Fixture::new(json!({"scriptFileName": "s.sh", "swuFileName": "image.swu"}));
+    fixture.script("s.sh", r#"[ "$action" = install ] && exit 4; result 0 0 "no code""#);
+    // The image must be there for install (not for is-installed or apply).
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3010_0202));
+    assert!(!fixture.sandbox.join("args.txt").exists(), "the script did not run");
+    assert_eq!(codes(&handler.apply(&fixture.ctx())), (0, swupdate::FAILURE_WITHOUT_ERC.0));
+    fs::write(fixture.sandbox.join("image.swu"), "swu").unwrap();
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3010_1004));
+    assert_eq!(swupdate::exit_code_erc(4), ExtendedResultCode(0x3010_1004));
+
+    for properties in [
+        json!({"scriptFileName": "s.sh", "swuFileName": "../image.swu"}),
+        json!({"scriptFileName": "s.sh", "arguments": "--swu-file"}),
+        json!({"scriptFileName": "s.sh", "arguments": "--swu-file /etc/passwd"}),
+    ] {
+        let mut fixture = Fixture::new(properties.clone());
+        fixture.script("s.sh", r#"result 600 0 """#);
+        assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3010_0008), "{properties}");
+    }
+
+    let mut fixture = Fixture::new(json!({"scriptFileName": "s.sh"}));
+    fixture.script("s.sh", "exit 0");
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, 0x3010_0205));
+    fixture.script("s.sh", "sleep 30");
+    let slow = SwUpdateHandler::new(Some(Duration::from_millis(200)));
+    assert_eq!(codes(&slow.install(&fixture.ctx())), (0, swupdate::TIMED_OUT.0));
+    let mut fixture = Fixture::new(json!({"scriptFileName": "s.sh"}));
+    fs::write(fixture.sandbox.join("s.sh"), "#!/nonexistent/interpreter\n").unwrap();
+    fixture.files.push(fixture.sandbox.join("s.sh"));
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (0, swupdate::SPAWN_FAILED.0));
+}
+
+#[test]
+fn swupdate_cancel_kills_the_script() {
+    let mut fixture = Fixture::new(json!({"scriptFileName": "slow.sh"}));
+    fixture.script("slow.sh", r#"touch "$dir/started"; sleep 30; result 600 0 """#);
+    let handler = SwUpdateHandler::new(None);
+    let result = std::thread::scope(|scope| {
+        let running = scope.spawn(|| handler.install(&fixture.ctx()));
+        wait_for(&fixture.sandbox.join("started"));
+        assert_eq!(codes(&handler.cancel(&fixture.ctx())), (800, 0));
+        running.join().unwrap()
+    });
+    assert_eq!(result.result_code, ResultCode::FAILURE_CANCELLED);
 }
