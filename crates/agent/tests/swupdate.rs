@@ -270,18 +270,28 @@ fn skip_unless_available() -> bool {
     }
 }
 
+/// One swupdate at a time: concurrent runs share swupdate's IPC and were seen to fail each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn swupdate_installs_a_signed_image_through_the_handler() {
     if skip_unless_available() {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let setup = Setup::new(false);
     let cancel = AtomicBool::new(false);
     let ctx = setup.ctx(&cancel);
     let handler = SwUpdateHandler::new(Some(std::time::Duration::from_secs(120)));
 
     assert_eq!(codes(&handler.is_installed(&ctx)), (901, 0));
-    let installed = handler.install(&ctx);
+    let mut installed = handler.install(&ctx);
+    if codes(&installed) != (600, 0) {
+        // Debian's swupdate 2022.12 now and then fails a run it logs as successful, or fails
+        // under load; one retry tells that apart from a handler that is wrong every time.
+        eprintln!("swupdate failed once; retrying: {installed:?}\n{}", setup.swupdate_log());
+        installed = handler.install(&ctx);
+    }
     assert_eq!(codes(&installed), (600, 0), "{installed:?}\n{}", setup.swupdate_log());
     assert_eq!(fs::read(setup.target.join("installed.txt")).unwrap(), PAYLOAD, "{}", setup.swupdate_log());
     assert_eq!(fs::read_to_string(setup.target.join("version")).unwrap().trim(), VERSION);
@@ -295,6 +305,7 @@ fn swupdate_rejects_a_tampered_image() {
     if skip_unless_available() {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let setup = Setup::new(true);
     let cancel = AtomicBool::new(false);
     let ctx = setup.ctx(&cancel);
