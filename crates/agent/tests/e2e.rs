@@ -408,3 +408,49 @@ async fn a_replacement_deployment_replaces_the_running_one() {
     let twin = fixture.server.service().twin("oven-1").await.unwrap();
     assert_ne!(twin["properties"]["reported"]["deviceUpdate"]["agent"]["workflow"]["id"], first.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_a_download_stops_it() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-cancel-download");
+    let script = script(&marker, "true", "true");
+    let mut payload = vec![7u8; 96 * 1024 * 1024];
+    payload[0] = 1;
+    let update = ImportFixture::new(
+        "contoso",
+        "freezer",
+        "1.0",
+        &[("manufacturer", "contoso"), ("model", "freezer")],
+        &[("install.sh", script.as_bytes()), ("payload.bin", &payload)],
+    );
+    update.write(fixture.files.dir()).unwrap();
+    drop(payload);
+    let operation = fixture.du.import(&json!([update.item(&fixture.files)])).await.unwrap();
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    let agent = fixture.agent("freezer-1", "lab", "freezer", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-cancel-download", "freezer", "1.0").await;
+    // Wait until the payload is partly downloaded.
+    let downloads = fixture.work.path().join("agent-freezer-1/downloads");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let partial = std::fs::read_dir(&downloads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|w| std::fs::read_dir(w.path()).ok())
+            .flatten()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().ends_with(".part") && f.metadata().is_ok_and(|m| m.len() > 0));
+        if partial {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no download started\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    subgroup_action(&fixture, "lab", "dep-cancel-download", "freezer-1", "cancel").await;
+    let device = fixture.wait_device("freezer-1", "dep-cancel-download", "Canceled", &agent).await;
+    assert_eq!(device["lastInstallResult"]["resultCode"], -1, "{device}");
+    assert!(!marker.exists(), "nothing was installed");
+    assert!(!agent.log().contains("the deployment failed"), "cancelled, not failed\n{}", agent.log());
+}
