@@ -279,7 +279,15 @@ impl From<RuntimeError> for SessionError {
 /// Sends the outbox in order, removing each patch once the hub acknowledged it.
 async fn flush(link: &mut HubLink, outbox: &mut Vec<Value>, path: &Path) -> Result<(), SessionError> {
     while let Some(patch) = outbox.first() {
-        link.report(patch).await?;
+        match link.report(patch).await {
+            Ok(()) => {}
+            // The hub refused the patch itself (too large, invalid): sending it again cannot
+            // succeed, and it must not block the reports behind it.
+            Err(HubError::Status { status, .. }) if (400..500).contains(&status) && status != 429 => {
+                tracing::error!(status, patch = %patch, "the hub refused a reported patch; dropping it");
+            }
+            Err(error) => return Err(error.into()),
+        }
         outbox.remove(0);
         write_json(path, outbox)?;
     }

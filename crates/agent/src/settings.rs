@@ -257,6 +257,31 @@ mod tests {
     }
 
     #[test]
+    fn the_official_config_runs_with_the_command_line_extras() {
+        let dir = std::env::temp_dir().join(format!("duhub-agent-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("du-config.json");
+        let official = r#"{"schemaVersion":"1.1","aduShellTrustedUsers":["adu"],"manufacturer":"contoso","model":"toaster",
+            "dataFolder":"/tmp/adu-data","iotHubProtocol":"mqtt","agents":[{"name":"main","runas":"adu",
+            "connectionSource":{"connectionType":"string","connectionData":"HostName=hub;DeviceId=d1;SharedAccessKey=a2V5"},
+            "manufacturer":"Contoso","model":"Toaster","additionalDeviceProperties":{"location":"US"}}]}"#;
+        std::fs::write(&path, official).unwrap();
+        let extra = Extra { ca_file: Some(dir.join("ca.pem")), root_keys_file: Some(dir.join("rootkeys.json")) };
+        let settings = Settings::load(&path, &extra).unwrap();
+        assert_eq!(settings.connection_string, "HostName=hub;DeviceId=d1;SharedAccessKey=a2V5");
+        assert_eq!((settings.manufacturer.as_str(), settings.model.as_str()), ("Contoso", "Toaster"));
+        assert_eq!(settings.additional_device_properties.get("location").map(String::as_str), Some("US"));
+        assert_eq!(settings.data_dir, PathBuf::from("/tmp/adu-data"));
+        assert_eq!(settings.ca_file, extra.ca_file);
+        assert_eq!(settings.root_keys_file, extra.root_keys_file);
+        // The Azure IoT Identity Service is not something duhub-agent can use: said so.
+        std::fs::write(&path, official.replace("\"string\"", "\"AIS\"")).unwrap();
+        let error = Settings::load(&path, &Extra::default()).unwrap_err().to_string();
+        assert!(error.contains("Identity Service"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_settings_are_explained() {
         assert!(toml::from_str::<Settings>(&format!("{}unknown = 1\n", minimal())).is_err());
         let mut settings: Settings = toml::from_str(&minimal()).unwrap();
