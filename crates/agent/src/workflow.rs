@@ -248,7 +248,21 @@ impl Core {
         }
         let workflow = running.workflow.clone();
         if let Some(Stop::Then(next)) = running.stopping {
-            return self.start(*next, None);
+            // A job that ended on its own before it saw the stop still gets its report.
+            let mut actions = Vec::new();
+            let report = match outcome {
+                Outcome::Succeeded { result, installed } => {
+                    Some(AgentProperties::succeeded(Some(workflow.clone()), result, &installed))
+                }
+                Outcome::Failed(result) => Some(AgentProperties::failed(Some(workflow.clone()), result)),
+                Outcome::Cancelled | Outcome::RestartRequired { .. } => None,
+            };
+            if let Some(report) = report {
+                self.completed = JournalWorkflow::of(&workflow);
+                actions.push(Action::Report(Box::new(report)));
+            }
+            actions.extend(self.start(*next, None));
+            return actions;
         }
         if let Outcome::RestartRequired { reboot } = outcome {
             // Stays "running" in the journal: after the restart the twin names it again and it
@@ -374,6 +388,17 @@ mod tests {
         assert_eq!(states(&actions), ["journal", "report 6", "start"]);
         let Some(Action::Start(job)) = actions.iter().find(|a| matches!(a, Action::Start(_))) else { panic!() };
         assert_eq!(job.workflow.id.as_deref(), Some("w2"));
+    }
+
+    #[test]
+    fn a_replaced_job_that_finished_anyway_is_reported_before_the_next_starts() {
+        let mut core = Core::new(&Journal::default());
+        core.handle(desired(3, "w1", None, 2));
+        core.handle(desired(3, "w2", None, 3));
+        let actions = core.handle(Event::Finished { workflow_id: "w1".into(), outcome: success() });
+        assert_eq!(states(&actions), ["report 0", "journal", "report 6", "start"]);
+        assert_eq!(core.journal().completed.unwrap().id, "w1");
+        assert_eq!(core.journal().running.unwrap().id, "w2");
     }
 
     #[test]
