@@ -85,6 +85,7 @@ impl Executor {
         let downloader = Downloader::new(ca.as_deref(), timeout).map_err(|e| e.to_string())?;
         let mut handlers = Registry::with_builtins(BuiltinOptions {
             simulator_data_file: settings.simulator_data_file.clone(),
+            apt_command: settings.apt_command.clone(),
             ..BuiltinOptions::default()
         });
         for (id, executable) in &settings.handlers {

@@ -86,6 +86,9 @@ pub struct Settings {
     /// Results for `microsoft/simulator:1` (`du-simulator-data.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulator_data_file: Option<PathBuf>,
+    /// The `apt-get` that `microsoft/apt:1` runs (default: `apt-get` on `PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apt_command: Option<PathBuf>,
     /// Command that reboots the device when a handler asks for it.
     #[serde(default = "default_reboot_command")]
     pub reboot_command: Vec<String>,
@@ -194,6 +197,7 @@ impl Settings {
             download_timeout_minutes: official.download_timeout_minutes,
             handlers: BTreeMap::new(),
             simulator_data_file: None,
+            apt_command: None,
             reboot_command: default_reboot_command(),
         })
     }

@@ -4,11 +4,12 @@
 //! download resumes instead of starting over.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use duhub_agent::settings::{Settings, Transport};
 use duhub_testkit::{DuClient, FileServer, ImportFixture, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -113,27 +114,7 @@ async fn kill_9_at_many_points_always_converges() {
         .send()
         .await
         .unwrap();
-    let settings = Settings {
-        connection_string: format!("HostName={};DeviceId=crash-1;SharedAccessKey={key}", server.admin.mqtt_host),
-        data_dir: work.path().join("agent"),
-        manufacturer: "contoso".into(),
-        model: "crasher".into(),
-        additional_device_properties: Default::default(),
-        compat_property_names: "manufacturer,model".into(),
-        transport: Transport::Mqtt,
-        mqtt_port: Some(server.admin.mqtt_port),
-        https_port: None,
-        ca_pem: Some(String::from_utf8(std::fs::read(&server.admin.ca_certificate).unwrap()).unwrap()),
-        ca_file: None,
-        root_keys: Some(std::fs::read_to_string(server.admin.keys_dir.join("rootkeys.json")).unwrap()),
-        root_keys_file: None,
-        use_production_roots: false,
-        root_key_package_url: None,
-        download_timeout_minutes: 5,
-        handlers: Default::default(),
-        simulator_data_file: None,
-        reboot_command: vec!["/bin/true".into()],
-    };
+    let settings = support::agent_settings(&server, "crash-1", &key, "crasher", &work.path().join("agent"), None);
     let config = work.path().join("agent.toml");
     std::fs::write(&config, settings.to_toml()).unwrap();
     let mut agent = Agent { config, log: work.path().join("agent.log"), child: None };

@@ -4,11 +4,12 @@
 //! downloads, runs the script and reports, and the server's deployment status follows.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use duhub_agent::settings::{Settings, Transport};
 use duhub_testkit::{DuClient, FileServer, ImportFixture, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -51,10 +52,6 @@ impl Fixture {
         Self { server, du, files, _files_dir: files_dir, work: tempfile::tempdir().unwrap() }
     }
 
-    fn root_keys(&self) -> String {
-        std::fs::read_to_string(self.server.admin.keys_dir.join("rootkeys.json")).unwrap()
-    }
-
     /// A device in `group` with an agent of `model`; `root_keys` overrides the server's.
     async fn agent(&self, id: &str, group: &str, model: &str, root_keys: Option<String>) -> AgentProcess {
         let (key, _) = self.server.create_device(id).await;
@@ -65,27 +62,8 @@ impl Fixture {
             .send()
             .await
             .unwrap();
-        let settings = Settings {
-            connection_string: format!("HostName={};DeviceId={id};SharedAccessKey={key}", self.server.admin.mqtt_host),
-            data_dir: self.work.path().join(format!("agent-{id}")),
-            manufacturer: "contoso".into(),
-            model: model.into(),
-            additional_device_properties: Default::default(),
-            compat_property_names: "manufacturer,model".into(),
-            transport: Transport::Mqtt,
-            mqtt_port: Some(self.server.admin.mqtt_port),
-            https_port: None,
-            ca_pem: Some(String::from_utf8(std::fs::read(&self.server.admin.ca_certificate).unwrap()).unwrap()),
-            ca_file: None,
-            root_keys: Some(root_keys.unwrap_or_else(|| self.root_keys())),
-            root_keys_file: None,
-            use_production_roots: false,
-            root_key_package_url: None,
-            download_timeout_minutes: 5,
-            handlers: Default::default(),
-            simulator_data_file: None,
-            reboot_command: vec!["/bin/true".into()],
-        };
+        let data_dir = self.work.path().join(format!("agent-{id}"));
+        let settings = support::agent_settings(&self.server, id, &key, model, &data_dir, root_keys);
         let config = self.work.path().join(format!("{id}.toml"));
         std::fs::write(&config, settings.to_toml()).unwrap();
         let log = self.work.path().join(format!("{id}.log"));

@@ -40,6 +40,7 @@ fn executor(dir: &std::path::Path) -> Executor {
         download_timeout_minutes: 1,
         handlers: Default::default(),
         simulator_data_file: None,
+        apt_command: None,
         reboot_command: vec!["/bin/true".into()],
     };
     Executor::new(&settings).unwrap()

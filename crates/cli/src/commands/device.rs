@@ -205,6 +205,7 @@ pub(super) fn agent_config(args: &AgentConfigArgs) -> Result<Outcome> {
         download_timeout_minutes: duhub_agent::config::DEFAULT_DOWNLOAD_TIMEOUT_MINUTES,
         handlers: Default::default(),
         simulator_data_file: None,
+        apt_command: None,
         reboot_command: vec!["/sbin/reboot".to_owned()],
     };
     settings.check().map_err(|e| anyhow::anyhow!("{e}"))?;
