@@ -19,12 +19,32 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A running `duhub-agent`, killed when dropped.
 struct AgentProcess {
     child: Child,
+    config: PathBuf,
     log: PathBuf,
 }
 
 impl AgentProcess {
+    fn spawn(config: &Path, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_duhub-agent"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the agent (as a reboot would) and starts it again.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.config, &self.log);
     }
 }
 
@@ -54,6 +74,18 @@ impl Fixture {
 
     /// A device in `group` with an agent of `model`; `root_keys` overrides the server's.
     async fn agent(&self, id: &str, group: &str, model: &str, root_keys: Option<String>) -> AgentProcess {
+        self.agent_with(id, group, model, root_keys, |_| {}).await
+    }
+
+    /// [`Fixture::agent`] with settings changed by `change`.
+    async fn agent_with(
+        &self,
+        id: &str,
+        group: &str,
+        model: &str,
+        root_keys: Option<String>,
+        change: impl FnOnce(&mut duhub_agent::settings::Settings),
+    ) -> AgentProcess {
         let (key, _) = self.server.create_device(id).await;
         self.server
             .service()
@@ -63,19 +95,13 @@ impl Fixture {
             .await
             .unwrap();
         let data_dir = self.work.path().join(format!("agent-{id}"));
-        let settings = support::agent_settings(&self.server, id, &key, model, &data_dir, root_keys);
+        let mut settings = support::agent_settings(&self.server, id, &key, model, &data_dir, root_keys);
+        change(&mut settings);
         let config = self.work.path().join(format!("{id}.toml"));
         std::fs::write(&config, settings.to_toml()).unwrap();
         let log = self.work.path().join(format!("{id}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_duhub-agent"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        AgentProcess { child, log }
+        let child = AgentProcess::spawn(&config, &log);
+        AgentProcess { child, config, log }
     }
 
     /// Imports an update of `model` whose script runs `body` for install/apply and reports
@@ -431,4 +457,39 @@ async fn cancel_during_a_download_stops_it() {
     assert_eq!(device["lastInstallResult"]["resultCode"], -1, "{device}");
     assert!(!marker.exists(), "nothing was installed");
     assert!(!agent.log().contains("the deployment failed"), "cancelled, not failed\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_request_runs_the_reboot_command_and_the_deployment_completes_after_it() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-reboot");
+    let rebooted = fixture.work.path().join("rebooted");
+    // Apply installs (writes the marker) and asks for a reboot (706) instead of reporting 700.
+    let script = script(&marker, "true", "true").replacen("ok 700 ;;", "ok 706 ;;", 1);
+    let update = ImportFixture::new(
+        "contoso",
+        "clock",
+        "1.0",
+        &[("manufacturer", "contoso"), ("model", "clock")],
+        &[("install.sh", script.as_bytes())],
+    );
+    update.write(fixture.files.dir()).unwrap();
+    let operation = fixture.du.import(&json!([update.item(&fixture.files)])).await.unwrap();
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    let reboot = vec!["/bin/sh".to_owned(), "-c".to_owned(), format!("touch '{}'", rebooted.display())];
+    let mut agent = fixture.agent_with("clock-1", "lab", "clock", None, |s| s.reboot_command = reboot).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-reboot", "clock", "1.0").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !rebooted.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the reboot command never ran\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let device = fixture.du.get("/management/devices/clock-1").await.unwrap();
+    assert_eq!(device["deploymentStatus"], "InProgress", "no result before the reboot: {device}");
+    // The device "reboots": the agent starts again, finds the update installed and reports it.
+    agent.restart();
+    let device = fixture.wait_device("clock-1", "dep-reboot", "Succeeded", &agent).await;
+    assert_eq!(device["installedUpdate"]["updateId"]["version"], "1.0");
+    assert!(marker.exists());
 }
