@@ -1,6 +1,6 @@
-//! The agent's MQTT session with the hub, as IoT Hub devices speak it: SAS authentication, the
-//! Device Update model id in the username, twin GET, reported patches answered by status, and
-//! desired patches delivered to a channel.
+//! The agent's MQTT session with the hub (over TLS, or over WebSocket on the HTTPS port), as
+//! IoT Hub devices speak it: SAS authentication, the Device Update model id in the username, twin
+//! GET, reported patches answered by status, and desired patches delivered to a channel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -70,8 +70,10 @@ pub struct Endpoint {
     pub connection: ConnectionString,
     /// Host to dial (the connection string's host).
     pub host: String,
-    /// MQTT/TLS port.
+    /// MQTT/TLS port, or the HTTPS port with `websocket`.
     pub port: u16,
+    /// MQTT over WebSocket (`wss://host:port/$iothub/websocket`) instead of MQTT over TLS.
+    pub websocket: bool,
     /// TLS settings.
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -88,12 +90,22 @@ impl HubLink {
             endpoint.connection.host_name,
             duhub_proto::sas::percent_encode(MODEL_ID)
         );
-        let mut options = MqttOptions::new(&device_id, &endpoint.host, endpoint.port);
+        let mut options = if endpoint.websocket {
+            let url = format!("wss://{}:{}/$iothub/websocket", endpoint.host, endpoint.port);
+            MqttOptions::new(&device_id, url, endpoint.port)
+        } else {
+            MqttOptions::new(&device_id, &endpoint.host, endpoint.port)
+        };
         options.set_credentials(username, password);
         options.set_keep_alive(Duration::from_secs(60));
         options.set_clean_session(true);
         options.set_max_packet_size(256 * 1024, 256 * 1024);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(endpoint.tls.clone())));
+        let tls = TlsConfiguration::Rustls(endpoint.tls.clone());
+        options.set_transport(if endpoint.websocket {
+            Transport::wss_with_config(tls)
+        } else {
+            Transport::tls_with_config(tls)
+        });
         let (client, mut event_loop) = AsyncClient::new(options, 64);
         let connected = tokio::time::timeout(REQUEST_TIMEOUT, async {
             loop {

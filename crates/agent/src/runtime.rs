@@ -64,12 +64,9 @@ impl Agent {
             Some((host, port)) if port.parse::<u16>().is_ok() => (host.to_owned(), port.parse().unwrap_or(8883)),
             _ => (connection.host_name.clone(), 8883),
         };
-        if settings.transport == crate::settings::Transport::Websocket {
-            return Err(RuntimeError::Config(
-                "transport = \"websocket\" is not supported by this agent yet; use \"mqtt\"".into(),
-            ));
-        }
-        let endpoint = Endpoint { connection, host, port: settings.mqtt_port.unwrap_or(port), tls };
+        let websocket = settings.transport == crate::settings::Transport::Websocket;
+        let port = if websocket { settings.https_port.unwrap_or(443) } else { settings.mqtt_port.unwrap_or(port) };
+        let endpoint = Endpoint { connection, host, port, websocket, tls };
         let state_dir = settings.data_dir.clone();
         create_private_dir(&state_dir)?;
         Ok(Self { settings, endpoint, runner, state_dir })

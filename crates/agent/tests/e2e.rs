@@ -493,3 +493,27 @@ async fn a_reboot_request_runs_the_reboot_command_and_the_deployment_completes_a
     assert_eq!(device["installedUpdate"]["updateId"]["version"], "1.0");
     assert!(marker.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_websocket_installs_too() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-websocket");
+    fixture.import_script("1.0", "lamp", &marker, "true").await;
+    let https = fixture.server.https.port();
+    let agent = fixture
+        .agent_with("lamp-1", "lab", "lamp", None, |s| {
+            s.transport = duhub_agent::settings::Transport::Websocket;
+            s.https_port = Some(https);
+            s.mqtt_port = None;
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fixture.du.get("/management/devices/lamp-1").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the agent never reported\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fixture.deploy("lab", "dep-websocket", "lamp", "1.0").await;
+    fixture.wait_device("lamp-1", "dep-websocket", "Succeeded", &agent).await;
+    assert!(marker.exists());
+    assert!(agent.log().contains("connected to the hub"), "{}", agent.log());
+}
