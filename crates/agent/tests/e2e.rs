@@ -417,7 +417,7 @@ async fn a_replacement_deployment_replaces_the_running_one() {
 async fn cancel_during_a_download_stops_it() {
     let fixture = Fixture::new().await;
     let marker = fixture.work.path().join("marker-cancel-download");
-    let script = script(&marker, "true", "true");
+    let script = script(&marker, "sleep 30", "true");
     let mut payload = vec![7u8; 96 * 1024 * 1024];
     payload[0] = 1;
     let update = ImportFixture::new(
@@ -434,7 +434,7 @@ async fn cancel_during_a_download_stops_it() {
     let agent = fixture.agent("freezer-1", "lab", "freezer", None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fixture.deploy("lab", "dep-cancel-download", "freezer", "1.0").await;
-    // Wait until the payload is partly downloaded.
+    // The payload is partly downloaded (then: the agent reported it started).
     let downloads = fixture.work.path().join("agent-freezer-1/downloads");
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -452,9 +452,20 @@ async fn cancel_during_a_download_stops_it() {
         assert!(tokio::time::Instant::now() < deadline, "no download started\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    wait_in_progress(&fixture, "freezer-1", &agent).await;
     subgroup_action(&fixture, "lab", "dep-cancel-download", "freezer-1", "cancel").await;
-    let device = fixture.wait_device("freezer-1", "dep-cancel-download", "Canceled", &agent).await;
-    assert_eq!(device["lastInstallResult"]["resultCode"], -1, "{device}");
+    fixture.wait_device("freezer-1", "dep-cancel-download", "Canceled", &agent).await;
+    // The agent's own report of the cancel (state 0, result -1) follows.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let device = fixture.du.get("/management/devices/freezer-1").await.unwrap();
+        if device["lastInstallResult"]["resultCode"] == -1 {
+            assert_eq!(device["deploymentStatus"], "Canceled", "{device}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no cancel report: {device}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(!marker.exists(), "nothing was installed");
     assert!(!agent.log().contains("the deployment failed"), "cancelled, not failed\n{}", agent.log());
 }
