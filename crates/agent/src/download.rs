@@ -21,11 +21,12 @@
 //!
 //! # Trust
 //!
-//! TLS is rustls with the ring provider. With no extra CA, the server certificate must chain
-//! to Mozilla's root set compiled into the binary (`webpki-roots`, ureq's default). With an
-//! extra CA (a PEM bundle, e.g. the duhub server's own CA), the roots are those certificates
-//! **plus** the system's bundle read from the usual files ([`SYSTEM_CA_BUNDLES`], first one
-//! found), since ureq cannot combine specific roots with its compiled-in set.
+//! TLS is rustls with the ring provider. The server certificate must chain to the system's
+//! bundle, read from the usual files ([`SYSTEM_CA_BUNDLES`], first one found), or to the extra
+//! CA when one is configured (a PEM bundle, e.g. the duhub server's own CA), which is trusted
+//! **in addition** to the system's bundle. No root set is compiled into the binary: devices
+//! keep their trust store up to date with their OS, and the binary stays small. With neither a
+//! system bundle nor an extra CA, only plain-HTTP downloads can succeed.
 //!
 //! # Timeouts
 //!
@@ -51,13 +52,18 @@ use base64::Engine as _;
 use duhub_proto::result::ExtendedResultCode;
 use ring::digest;
 
-/// PEM bundles tried, in order, for the system's roots when an extra CA is configured.
+/// PEM bundles tried, in order, for the system's roots.
 pub const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
     "/etc/ssl/ca-bundle.pem",
 ];
+
+/// The first of [`SYSTEM_CA_BUNDLES`] that can be read, if any.
+pub fn system_ca_bundle() -> Option<Vec<u8>> {
+    SYSTEM_CA_BUNDLES.iter().find_map(|path| fs::read(path).ok())
+}
 
 /// Size of the buffer the body is read with (and the granularity of cancellation checks).
 const CHUNK: usize = 64 * 1024;
@@ -192,39 +198,40 @@ pub struct Downloader {
 }
 
 impl Downloader {
-    /// A downloader trusting `extra_ca_pem` (one or more PEM certificates) in addition to the
-    /// system's roots, or Mozilla's compiled-in roots when `None` (see the module docs), with
-    /// `timeout` bounding every network wait.
+    /// A downloader trusting the system's roots plus `extra_ca_pem` (one or more PEM
+    /// certificates), see the module docs, with `timeout` bounding every network wait.
     ///
     /// Fails with [`DownloadError::Tls`] when `extra_ca_pem` holds no certificate or bad PEM.
     pub fn new(extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, DownloadError> {
         use ureq::tls::{PemItem, RootCerts, TlsConfig};
 
-        let root_certs = match extra_ca_pem {
-            None => RootCerts::WebPki,
-            Some(pem) => {
-                let mut certs = Vec::new();
-                for item in ureq::tls::parse_pem(pem) {
-                    match item {
-                        Ok(PemItem::Certificate(cert)) => certs.push(cert),
-                        Ok(_) => {}
-                        Err(error) => return Err(DownloadError::Tls(format!("extra ca: {error}"))),
-                    }
+        let mut certs = Vec::new();
+        if let Some(pem) = extra_ca_pem {
+            for item in ureq::tls::parse_pem(pem) {
+                match item {
+                    Ok(PemItem::Certificate(cert)) => certs.push(cert),
+                    Ok(_) => {}
+                    Err(error) => return Err(DownloadError::Tls(format!("extra ca: {error}"))),
                 }
-                if certs.is_empty() {
-                    return Err(DownloadError::Tls("extra ca: no certificate in the pem".into()));
-                }
-                if let Some(bundle) = SYSTEM_CA_BUNDLES.iter().find_map(|path| fs::read(path).ok()) {
-                    // A damaged system bundle must not prevent using the explicitly given CA.
-                    certs.extend(ureq::tls::parse_pem(&bundle).filter_map(|item| match item {
-                        Ok(PemItem::Certificate(cert)) => Some(cert),
-                        _ => None,
-                    }));
-                }
-                RootCerts::from(certs)
             }
-        };
-        let tls = TlsConfig::builder().root_certs(root_certs).build();
+            if certs.is_empty() {
+                return Err(DownloadError::Tls("extra ca: no certificate in the pem".into()));
+            }
+        }
+        match system_ca_bundle() {
+            // A damaged system bundle must not prevent using the explicitly given CA.
+            Some(bundle) => certs.extend(ureq::tls::parse_pem(&bundle).filter_map(|item| match item {
+                Ok(PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                _ => None,
+            })),
+            None if extra_ca_pem.is_none() => {
+                tracing::warn!("no CA given and no system CA bundle found: only plain-HTTP downloads can succeed");
+            }
+            None => {}
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let root_certs = RootCerts::from(certs);
+        let tls = TlsConfig::builder().root_certs(root_certs).unversioned_rustls_crypto_provider(provider).build();
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)

@@ -217,8 +217,12 @@ pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Hu
     let pem = match ca_pem {
         Some(pem) => pem,
         None => {
-            system = std::fs::read("/etc/ssl/certs/ca-certificates.crt")
-                .map_err(|e| HubError::Config(format!("no CA given and no system bundle: {e}")))?;
+            system = crate::download::system_ca_bundle().ok_or_else(|| {
+                HubError::Config(format!(
+                    "no CA given and no system bundle in {}",
+                    crate::download::SYSTEM_CA_BUNDLES.join(", ")
+                ))
+            })?;
             &system
         }
     };

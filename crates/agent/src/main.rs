@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use duhub_agent::executor::Executor;
-use duhub_agent::runtime::Agent;
+use duhub_agent::runtime::{Agent, Stopped};
 use duhub_agent::settings::{Extra, Settings};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
 
 const USAGE: &str = "\
 duhub-agent: the duhub device agent
@@ -22,8 +24,12 @@ Usage: duhub-agent --config FILE [--ca FILE] [--root-keys FILE]
   -h, --help        this text
   -V, --version     the version
 
-Logs go to stderr; RUST_LOG=debug shows more. Exit status: 0 stopped, 1 runtime failure,
-2 bad settings or usage.";
+Logs go to stderr; RUST_LOG=debug (or e.g. RUST_LOG=info,duhub_agent=debug) shows more.
+When an update asks for an agent restart (result 607/608, 707/708), the agent replaces itself
+with a fresh start of the same command line (exec; same process id, so a service manager sees no
+exit), which also picks up a newly installed duhub-agent binary.
+Exit status: 0 stopped, 1 runtime failure, 2 bad settings or usage, 75 an agent restart was
+asked for but starting again failed (a service manager's restart completes it).";
 
 fn main() -> ExitCode {
     let mut config = None;
@@ -97,7 +103,8 @@ fn main() -> ExitCode {
         agent.run(stopped).await
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Requested) => ExitCode::SUCCESS,
+        Ok(Stopped::RestartRequested) => restart_in_place(),
         Err(error) => {
             eprintln!("duhub-agent: {error}");
             ExitCode::from(1)
@@ -105,23 +112,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let level = match filter.to_ascii_lowercase().as_str() {
-        "trace" => tracing::Level::TRACE,
-        "debug" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+/// Replaces this process with a fresh start of the same command line. The program is found as
+/// it was the first time (argv[0]: a path, or a name looked up in `PATH`), not through
+/// `/proc/self/exe`, so an update that replaced the binary starts the new one.
+fn restart_in_place() -> ExitCode {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        eprintln!("duhub-agent: an agent restart was asked for, but argv[0] is missing");
+        return ExitCode::from(75);
     };
-    let _ = tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(level)
+    tracing::warn!(program = %program.to_string_lossy(), "restarting the agent");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let error = std::process::Command::new(&program).args(args).exec();
+        eprintln!("duhub-agent: restarting {}: {error}", program.to_string_lossy());
+    }
+    ExitCode::from(75)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): a level (`debug`) or
+/// `target=level` directives separated by commas (`info,duhub_agent=debug,rumqttc=warn`).
+/// An unparsable value is reported and `info` used.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (filter, bad) = match spec.trim() {
+        "" => (Targets::new().with_default(tracing::Level::INFO), None),
+        spec => match spec.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(error) => (Targets::new().with_default(tracing::Level::INFO), Some(error)),
+        },
+    };
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
-            .finish(),
+            .with_filter(filter),
     );
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    if let Some(error) = bad {
+        tracing::warn!("RUST_LOG={spec:?} is not understood ({error}); logging at info");
+    }
 }
 
 async fn wait_for_signal() {

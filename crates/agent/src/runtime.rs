@@ -39,6 +39,27 @@ pub enum RuntimeError {
     Config(String),
 }
 
+/// How [`Agent::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The stop signal turned true.
+    Requested,
+    /// An update asked for an agent restart (result codes 607/608, 707/708, 1107/1108). The
+    /// workflow stays in the journal; an agent started again on the same data directory finds
+    /// it in the twin, runs it again from the start (`IsInstalled` first) and reports the result.
+    /// The `duhub-agent` binary restarts itself in place (`exec`); an embedding program starts
+    /// a new [`Agent`].
+    RestartRequested,
+}
+
+/// How one hub session ended.
+enum SessionEnd {
+    /// The connection was lost: reconnect.
+    Lost,
+    /// Stop (asked for, or an agent restart).
+    Stop(Stopped),
+}
+
 /// One agent.
 pub struct Agent {
     settings: Settings,
@@ -72,8 +93,8 @@ impl Agent {
         Ok(Self { settings, endpoint, runner, state_dir })
     }
 
-    /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), RuntimeError> {
+    /// Runs until `stop` turns true or an update asks for an agent restart.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<Stopped, RuntimeError> {
         let journal_path = self.state_dir.join("journal.json");
         let outbox_path = self.state_dir.join("outbox.json");
         let journal: Journal = read_json(&journal_path)?.unwrap_or_default();
@@ -84,7 +105,7 @@ impl Agent {
         let mut backoff = Duration::from_secs(1);
         loop {
             if *stop.borrow() {
-                return Ok(());
+                return Ok(Stopped::Requested);
             }
             let mut link = match HubLink::connect(&self.endpoint).await {
                 Ok(link) => link,
@@ -94,7 +115,7 @@ impl Agent {
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                     tokio::select! {
                         () = tokio::time::sleep(wait) => continue,
-                        _ = stop.changed() => return Ok(()),
+                        _ = stop.changed() => return Ok(Stopped::Requested),
                     }
                 }
             };
@@ -113,11 +134,11 @@ impl Agent {
                 )
                 .await;
             match session {
-                Ok(true) => {
+                Ok(SessionEnd::Stop(stopped)) => {
                     link.disconnect().await;
-                    return Ok(());
+                    return Ok(stopped);
                 }
-                Ok(false) => backoff = Duration::from_secs(1),
+                Ok(SessionEnd::Lost) => backoff = Duration::from_secs(1),
                 Err(SessionError::Hub(error)) => tracing::warn!(%error, "lost the hub connection"),
                 Err(SessionError::State(error)) => return Err(error),
             }
@@ -125,13 +146,13 @@ impl Agent {
             backoff = (backoff * 2).min(Duration::from_secs(60));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return Ok(()),
+                _ = stop.changed() => return Ok(Stopped::Requested),
             }
         }
     }
 
     /// One connection: startup reports, outbox, twin, then events until the connection ends
-    /// (`Ok(false)`) or the agent is stopped (`Ok(true)`).
+    /// or the agent stops.
     #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
@@ -144,33 +165,41 @@ impl Agent {
         cancels: &mut HashMap<String, Arc<AtomicBool>>,
         finished_rx: &mut mpsc::UnboundedReceiver<(String, Outcome)>,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<bool, SessionError> {
+    ) -> Result<SessionEnd, SessionError> {
         link.report(&self.startup_report().to_patch()).await?;
         link.report(&device_information(&self.settings).to_patch()).await?;
         flush(link, outbox, outbox_path).await?;
         let twin = link.get_twin().await?;
         if let Ok(Some(desired)) = DesiredService::locate(&twin) {
             let actions = core.handle(Event::Desired(desired));
-            self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?;
+            if let Some(end) =
+                self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?
+            {
+                return Ok(end);
+            }
         }
         loop {
             tokio::select! {
                 patch = link.desired.recv() => {
-                    let Some(patch) = patch else { return Ok(false) };
+                    let Some(patch) = patch else { return Ok(SessionEnd::Lost) };
                     match DesiredService::locate(&patch) {
                         Ok(Some(desired)) => {
                             let actions = core.handle(Event::Desired(desired));
-                            self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?;
+                            if let Some(end) = self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await? {
+                                return Ok(end);
+                            }
                         }
                         Ok(None) => {}
                         Err(error) => tracing::warn!(%error, "a desired patch has an unreadable deviceUpdate.service"),
                     }
                 }
                 finished = finished_rx.recv() => {
-                    let Some((workflow_id, outcome)) = finished else { return Ok(false) };
+                    let Some((workflow_id, outcome)) = finished else { return Ok(SessionEnd::Lost) };
                     cancels.remove(&workflow_id);
                     let actions = core.handle(Event::Finished { workflow_id, outcome });
-                    self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await?;
+                    if let Some(end) = self.perform(actions, link, outbox, outbox_path, journal_path, finished_tx, cancels).await? {
+                        return Ok(end);
+                    }
                 }
                 reason = &mut link.closed => {
                     return Err(SessionError::Hub(HubError::Connection(reason.unwrap_or_else(|_| "closed".into()))));
@@ -179,12 +208,13 @@ impl Agent {
                     for flag in cancels.values() {
                         flag.store(true, Ordering::SeqCst);
                     }
-                    return Ok(true);
+                    return Ok(SessionEnd::Stop(Stopped::Requested));
                 }
             }
         }
     }
 
+    /// Performs the core's actions in order; `Some` when the agent must stop for a restart.
     #[allow(clippy::too_many_arguments)]
     async fn perform(
         &self,
@@ -195,7 +225,7 @@ impl Agent {
         journal_path: &Path,
         finished_tx: &mpsc::UnboundedSender<(String, Outcome)>,
         cancels: &mut HashMap<String, Arc<AtomicBool>>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<SessionEnd>, SessionError> {
         for action in actions {
             match action {
                 Action::Report(report) => {
@@ -234,14 +264,18 @@ impl Agent {
                             tracing::error!(%error, "running the reboot command failed");
                         }
                     } else {
-                        tracing::warn!("the update asks for an agent restart; exiting with status 75");
-                        std::process::exit(75);
+                        tracing::warn!("the update asks for an agent restart");
+                        for flag in cancels.values() {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                        return Ok(Some(SessionEnd::Stop(Stopped::RestartRequested)));
                     }
                 }
                 Action::Ignore(why) => tracing::info!(why, "desired deviceUpdate.service not acted on"),
             }
         }
-        flush(link, outbox, outbox_path).await
+        flush(link, outbox, outbox_path).await?;
+        Ok(None)
     }
 
     fn startup_report(&self) -> AgentProperties {
@@ -320,8 +354,28 @@ pub fn device_information(settings: &Settings) -> DeviceInformation {
         processor_architecture: Some(std::env::consts::ARCH.to_owned()),
         processor_manufacturer,
         total_memory,
-        total_storage: None,
+        total_storage: total_storage_kb(Path::new("/sys/block")),
     }
+}
+
+/// The device's built-in storage in kilobytes: the sizes of the block devices under `sys_block`
+/// (`/sys/block`) that are backed by hardware (they have a `device` link, which loop, RAM, zram,
+/// device-mapper and RAID devices lack, so nothing is counted twice) and are not removable.
+/// `None` when there is none (containers, other systems).
+fn total_storage_kb(sys_block: &Path) -> Option<u64> {
+    let read = |path: PathBuf| std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let mut total = None;
+    for entry in std::fs::read_dir(sys_block).ok()?.flatten() {
+        let dir = entry.path();
+        if !dir.join("device").exists() || read(dir.join("removable")) == Some(1) {
+            continue;
+        }
+        // `size` counts 512-byte sectors whatever the device's block size.
+        if let Some(sectors) = read(dir.join("size")) {
+            total = Some(total.unwrap_or(0) + sectors / 2);
+        }
+    }
+    total
 }
 
 fn jittered(base: Duration) -> Duration {
@@ -376,4 +430,31 @@ fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
         builder.mode(0o700);
     }
     builder.create(path).map_err(|e| RuntimeError::State(format!("creating {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn total_storage_counts_fixed_hardware_disks_only() {
+        let sys = tempfile::tempdir().unwrap();
+        let disk = |name: &str, sectors: u64, removable: u8, hardware: bool| {
+            let dir = sys.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("size"), format!("{sectors}\n")).unwrap();
+            std::fs::write(dir.join("removable"), format!("{removable}\n")).unwrap();
+            if hardware {
+                std::fs::create_dir(dir.join("device")).unwrap();
+            }
+        };
+        assert_eq!(total_storage_kb(sys.path()), None, "no disk");
+        disk("mmcblk0", 30_535_680, 0, true); // 14.6 GiB eMMC
+        disk("nvme0n1", 1_000_215_216, 0, true);
+        disk("sda", 60_555_264, 1, true); // a USB stick
+        disk("loop0", 409_600, 0, false);
+        disk("dm-0", 30_000_000, 0, false);
+        assert_eq!(total_storage_kb(sys.path()), Some(15_267_840 + 500_107_608));
+        assert_eq!(total_storage_kb(&sys.path().join("missing")), None);
+    }
 }

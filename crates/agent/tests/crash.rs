@@ -6,8 +6,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use support::AgentProcess;
+
+use std::path::Path;
 use std::time::Duration;
 
 use duhub_testkit::{DuClient, FileServer, ImportFixture, TestServer};
@@ -16,44 +17,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 const KILL_POINTS: usize = 20;
-
-struct Agent {
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Agent {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_duhub-agent"))
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
 
 fn script(marker: &Path) -> String {
     format!(
@@ -78,7 +41,7 @@ esac
     )
 }
 
-async fn wait_succeeded(du: &DuClient, deployment: &str, version: &str, agent: &Agent) {
+async fn wait_succeeded(du: &DuClient, deployment: &str, version: &str, agent: &AgentProcess) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let device = du.get("/management/devices/crash-1").await.ok();
@@ -117,8 +80,7 @@ async fn kill_9_at_many_points_always_converges() {
     let settings = support::agent_settings(&server, "crash-1", &key, "crasher", &work.path().join("agent"), None);
     let config = work.path().join("agent.toml");
     std::fs::write(&config, settings.to_toml()).unwrap();
-    let mut agent = Agent { config, log: work.path().join("agent.log"), child: None };
-    agent.start();
+    let mut agent = AgentProcess::start(&config, &work.path().join("agent.log"), "info");
     let deadline = tokio::time::Instant::now() + WAIT;
     while du.get("/management/devices/crash-1").await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "the agent never reported\n{}", agent.log());
@@ -174,8 +136,7 @@ async fn kill_9_at_many_points_always_converges() {
             // Spread the other kills over the download, the steps and the reports.
             tokio::time::sleep(Duration::from_millis((point as u64 * 61) % 1300)).await;
         }
-        agent.kill_9();
-        agent.start();
+        agent.restart();
         wait_succeeded(&du, &deployment, &version, &agent).await;
         assert!(marker.exists(), "point {point}: the server says {version} is installed, so the device has it");
         if point == 0 {

@@ -6,8 +6,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use support::AgentProcess;
+
+use std::path::Path;
 use std::time::Duration;
 
 use duhub_testkit::{DuClient, FileServer, ImportFixture, TestServer};
@@ -15,45 +16,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A running `duhub-agent`, killed when dropped.
-struct AgentProcess {
-    child: Child,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl AgentProcess {
-    fn spawn(config: &Path, log: &Path) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_duhub-agent"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Kills the agent (as a reboot would) and starts it again.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(&self.config, &self.log);
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Fixture {
     server: TestServer,
@@ -100,8 +62,7 @@ impl Fixture {
         let config = self.work.path().join(format!("{id}.toml"));
         std::fs::write(&config, settings.to_toml()).unwrap();
         let log = self.work.path().join(format!("{id}.log"));
-        let child = AgentProcess::spawn(&config, &log);
-        AgentProcess { child, config, log }
+        AgentProcess::start(&config, &log, "debug")
     }
 
     /// Imports an update of `model` whose script runs `body` for install/apply and reports
@@ -112,7 +73,11 @@ impl Fixture {
 
     /// Like [`Fixture::import_script`], with shell for install too.
     async fn import_script_with(&self, version: &str, model: &str, marker: &Path, install: &str, apply: &str) {
-        let script = script(marker, install, apply);
+        self.import_install_script(version, model, &script(marker, install, apply)).await;
+    }
+
+    /// Imports an update of `model` whose one file is `script`, run as `install.sh`.
+    async fn import_install_script(&self, version: &str, model: &str, script: &str) {
         let fixture = ImportFixture::new(
             "contoso",
             model,
@@ -477,16 +442,7 @@ async fn a_reboot_request_runs_the_reboot_command_and_the_deployment_completes_a
     let rebooted = fixture.work.path().join("rebooted");
     // Apply installs (writes the marker) and asks for a reboot (706) instead of reporting 700.
     let script = script(&marker, "true", "true").replacen("ok 700 ;;", "ok 706 ;;", 1);
-    let update = ImportFixture::new(
-        "contoso",
-        "clock",
-        "1.0",
-        &[("manufacturer", "contoso"), ("model", "clock")],
-        &[("install.sh", script.as_bytes())],
-    );
-    update.write(fixture.files.dir()).unwrap();
-    let operation = fixture.du.import(&json!([update.item(&fixture.files)])).await.unwrap();
-    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    fixture.import_install_script("1.0", "clock", &script).await;
     let reboot = vec!["/bin/sh".to_owned(), "-c".to_owned(), format!("touch '{}'", rebooted.display())];
     let mut agent = fixture.agent_with("clock-1", "lab", "clock", None, |s| s.reboot_command = reboot).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -503,6 +459,30 @@ async fn a_reboot_request_runs_the_reboot_command_and_the_deployment_completes_a
     let device = fixture.wait_device("clock-1", "dep-reboot", "Succeeded", &agent).await;
     assert_eq!(device["installedUpdate"]["updateId"]["version"], "1.0");
     assert!(marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_request_restarts_the_agent_in_place_and_the_deployment_completes() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-restart");
+    // Apply installs (writes the marker) and asks for an agent restart (707) instead of 700.
+    let script = script(&marker, "true", "true").replacen("ok 700 ;;", "ok 707 ;;", 1);
+    fixture.import_install_script("1.0", "kettle", &script).await;
+    // A reboot would be wrong here: the reboot command fails the test if it ever runs.
+    let rebooted = fixture.work.path().join("rebooted");
+    let reboot = vec!["/bin/sh".to_owned(), "-c".to_owned(), format!("touch '{}'", rebooted.display())];
+    let mut agent = fixture.agent_with("kettle-1", "lab", "kettle", None, |s| s.reboot_command = reboot).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-restart", "kettle", "1.0").await;
+    let device = fixture.wait_device("kettle-1", "dep-restart", "Succeeded", &agent).await;
+    assert_eq!(device["installedUpdate"]["updateId"]["version"], "1.0");
+    assert!(marker.exists());
+    let log = agent.log();
+    assert!(log.contains("restarting the agent"), "{log}");
+    // The same child process (exec, not exit) is still running, and it connected again.
+    assert_eq!(agent.exited(), None, "{log}");
+    assert!(log.matches("connected to the hub").count() >= 2, "{log}");
+    assert!(!rebooted.exists(), "an agent restart is not a reboot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
-//! What the agent's process-level tests share: settings for a device of a test server.
+//! What the agent's process-level tests share: settings for a device of a test server, and the
+//! agent as a child process.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use duhub_agent::settings::{Settings, Transport};
 use duhub_testkit::TestServer;
@@ -37,5 +39,66 @@ pub(crate) fn agent_settings(
         simulator_data_file: None,
         apt_command: None,
         reboot_command: vec!["/bin/true".into()],
+    }
+}
+
+/// A `duhub-agent` child process logging (at `rust_log`) to a file, killed when dropped.
+pub(crate) struct AgentProcess {
+    config: PathBuf,
+    log: PathBuf,
+    rust_log: &'static str,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Starts `duhub-agent --config <config>`, appending its stderr to `log`.
+    pub(crate) fn start(config: &Path, log: &Path, rust_log: &'static str) -> Self {
+        let mut agent = Self { config: config.to_owned(), log: log.to_owned(), rust_log, child: None };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_duhub-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", self.rust_log)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Kills the agent with SIGKILL, as a power cut would, and waits for it.
+    pub(crate) fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the agent (as a reboot would) and starts it again.
+    pub(crate) fn restart(&mut self) {
+        self.kill_9();
+        self.spawn();
+    }
+
+    /// Whether the agent process has exited (and with which status).
+    #[allow(dead_code)] // not every test binary asks
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// What the agent logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill_9();
     }
 }
