@@ -18,27 +18,11 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(90);
 const KILL_POINTS: usize = 20;
 
-fn script(marker: &Path) -> String {
-    format!(
-        r#"#!/bin/sh
-action=""; result=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --action-*) action="${{1#--action-}}" ;;
-    --result-file) result="$2"; shift ;;
-  esac
-  shift
-done
-ok() {{ printf '{{"resultCode":%s,"extendedResultCode":0,"resultDetails":""}}' "$1" > "$result"; }}
-case "$action" in
-  is-installed) if [ -f "{marker}" ]; then ok 900; else ok 901; fi ;;
-  install) sleep 0.3; echo staged > "{marker}.staged"; ok 600 ;;
-  apply) sleep 0.2; mv "{marker}.staged" "{marker}"; ok 700 ;;
-  *) ok 0 ;;
-esac
-"#,
-        marker = marker.display()
-    )
+/// The step's script: install stages, apply moves the staged marker in place (each taking a
+/// moment, so kills land inside them); is-installed answers by the marker.
+fn staging_script(marker: &Path) -> String {
+    let staged = format!("{}.staged", marker.display());
+    support::script(marker, &format!("sleep 0.3; echo staged > \"{staged}\""), &format!("sleep 0.2; rm \"{staged}\""))
 }
 
 async fn wait_succeeded(du: &DuClient, deployment: &str, version: &str, agent: &AgentProcess) {
@@ -106,7 +90,7 @@ async fn kill_9_at_many_points_always_converges() {
             "crasher",
             &version,
             &[("manufacturer", "contoso"), ("model", "crasher")],
-            &[("install.sh", script(&marker).as_bytes()), ("payload.bin", &version_payload)],
+            &[("install.sh", staging_script(&marker).as_bytes()), ("payload.bin", &version_payload)],
         );
         fixture.write(files.dir()).unwrap();
         let operation = du.import(&json!([fixture.item(&files)])).await.unwrap();

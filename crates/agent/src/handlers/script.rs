@@ -234,7 +234,9 @@ impl ScriptHandler {
     pub fn new(timeout: Option<Duration>) -> Self {
         Self { runner: ScriptRunner::new(timeout, &SCRIPT_CODES) }
     }
+}
 
+impl ScriptProtocol for ScriptHandler {
     fn run_action(&self, ctx: &StepContext<'_>, verb: &str) -> InstallResult {
         self.runner.run_action(ctx, verb, |files| {
             Ok(script_arguments(
@@ -246,9 +248,22 @@ impl ScriptHandler {
             ))
         })
     }
+
+    fn runner(&self) -> &ScriptRunner {
+        &self.runner
+    }
 }
 
-impl StepHandler for ScriptHandler {
+/// The step handlers that speak the script protocol (script:1 and swupdate:2): each builds
+/// a verb's arguments and runs the script through its [`ScriptRunner`]; cancel kills it.
+pub(crate) trait ScriptProtocol: Send + Sync {
+    /// Runs the step's script for `verb` (`is-installed`, `install` or `apply`).
+    fn run_action(&self, ctx: &StepContext<'_>, verb: &str) -> InstallResult;
+    /// The runner, which knows the script running for a workflow.
+    fn runner(&self) -> &ScriptRunner;
+}
+
+impl<T: ScriptProtocol> StepHandler for T {
     fn is_installed(&self, ctx: &StepContext<'_>) -> InstallResult {
         self.run_action(ctx, "is-installed")
     }
@@ -262,7 +277,7 @@ impl StepHandler for ScriptHandler {
     }
 
     fn cancel(&self, ctx: &StepContext<'_>) -> InstallResult {
-        self.runner.cancel(ctx)
+        self.runner().cancel(ctx)
     }
 }
 

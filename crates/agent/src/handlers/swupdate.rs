@@ -50,8 +50,8 @@ use std::time::Duration;
 use duhub_proto::result::{ExtendedResultCode, InstallResult};
 use serde_json::Value;
 
-use super::script::{self, Codes, ScriptRunner};
-use super::{StepContext, StepHandler};
+use super::StepContext;
+use super::script::{self, Codes, ScriptProtocol, ScriptRunner};
 
 /// Official: `scriptFileName` is missing (`ADUC_ERC_SWUPDATE_HANDLER_MISSING_SCRIPT_FILE_NAME`).
 pub const MISSING_SCRIPT_FILE_NAME: ExtendedResultCode = ExtendedResultCode(0x3010_0007);
@@ -112,6 +112,12 @@ impl SwUpdateHandler {
     pub fn new(timeout: Option<Duration>) -> Self {
         Self { runner: ScriptRunner::new(timeout, &CODES) }
     }
+}
+
+impl ScriptProtocol for SwUpdateHandler {
+    fn runner(&self) -> &ScriptRunner {
+        &self.runner
+    }
 
     fn run_action(&self, ctx: &StepContext<'_>, verb: &str) -> InstallResult {
         self.runner.run_action(ctx, verb, |files| {
@@ -149,23 +155,5 @@ impl SwUpdateHandler {
             script::push_installed_criteria(&mut args, ctx.effective_installed_criteria());
             Ok(args)
         })
-    }
-}
-
-impl StepHandler for SwUpdateHandler {
-    fn is_installed(&self, ctx: &StepContext<'_>) -> InstallResult {
-        self.run_action(ctx, "is-installed")
-    }
-
-    fn install(&self, ctx: &StepContext<'_>) -> InstallResult {
-        self.run_action(ctx, "install")
-    }
-
-    fn apply(&self, ctx: &StepContext<'_>) -> InstallResult {
-        self.run_action(ctx, "apply")
-    }
-
-    fn cancel(&self, ctx: &StepContext<'_>) -> InstallResult {
-        self.runner.cancel(ctx)
     }
 }

@@ -102,3 +102,34 @@ impl Drop for AgentProcess {
         self.kill_9();
     }
 }
+
+/// A `microsoft/script:1` script (apiVersion 1.0 arguments): is-installed answers by `marker`;
+/// install runs `install`; apply runs `apply` (shell) and, if it succeeds, writes the marker.
+pub(crate) fn script(marker: &Path, install: &str, apply: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+action=""; result=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --action-*) action="${{1#--action-}}" ;;
+    --result-file) result="$2"; shift ;;
+  esac
+  shift
+done
+ok() {{ printf '{{"resultCode":%s,"extendedResultCode":0,"resultDetails":""}}' "$1" > "$result"; }}
+case "$action" in
+  is-installed) if [ -f "{marker}" ]; then ok 900; else ok 901; fi ;;
+  download) ok 500 ;;
+  install)
+    {install}
+    ok 600 ;;
+  apply)
+    {apply}
+    echo installed > "{marker}"; ok 700 ;;
+  cancel) ok 800 ;;
+  *) ok 0 ;;
+esac
+"#,
+        marker = marker.display()
+    )
+}
