@@ -28,14 +28,7 @@ pub struct DuClient {
 impl DuClient {
     /// A client for `https_url` with `token`, trusting `ca_pem`.
     pub fn new(https_url: &str, instance: &str, token: &str, ca_pem: &[u8]) -> Result<Self> {
-        crate::install_crypto_provider();
-        let certificates = reqwest::Certificate::from_pem_bundle(ca_pem).context("parsing the CA certificate")?;
-        let http = reqwest::Client::builder()
-            .tls_certs_only(certificates)
-            .timeout(crate::TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTPS client")?;
+        let http = crate::https_client(ca_pem)?;
         Ok(Self {
             http,
             base_url: https_url.trim_end_matches('/').to_owned(),

@@ -54,6 +54,19 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// An HTTPS client that trusts only the certificates of `ca_pem`, with the helpers' timeouts.
+pub fn https_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context as _;
+    install_crypto_provider();
+    let certificates = reqwest::Certificate::from_pem_bundle(ca_pem).context("parsing the CA certificate")?;
+    reqwest::Client::builder()
+        .tls_certs_only(certificates)
+        .timeout(TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTPS client")
+}
+
 /// A rustls client configuration that trusts only the certificates of `ca_pem`.
 pub fn tls_client_config(ca_pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use anyhow::Context as _;

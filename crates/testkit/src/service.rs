@@ -1,8 +1,6 @@
 //! The service side of the IoT Hub REST API as a test sees it: a reqwest client that trusts the
 //! server's CA and signs each request with a fresh SAS token of the owner policy.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result, bail};
 use duhub_proto::connection_string::ConnectionString;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -33,14 +31,7 @@ impl ServiceClient {
     /// A client for `https_url` (`https://localhost:<port>`) authorised by the service connection
     /// string, trusting only the certificates of `ca_pem`.
     pub fn new(https_url: &str, service_connection_string: &str, ca_pem: &[u8]) -> Result<Self> {
-        crate::install_crypto_provider();
-        let certificates = reqwest::Certificate::from_pem_bundle(ca_pem).context("parsing the CA certificate")?;
-        let http = reqwest::Client::builder()
-            .tls_certs_only(certificates)
-            .timeout(crate::TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTPS client")?;
+        let http = crate::https_client(ca_pem)?;
         let connection =
             ConnectionString::parse(service_connection_string).context("parsing the service connection string")?;
         let key = connection.key_bytes().context("the service connection string's key")?;

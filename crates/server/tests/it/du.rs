@@ -23,6 +23,25 @@ fn toaster(version: &str, payload: &[u8]) -> ImportFixture {
     )
 }
 
+/// A test server with its Device Update client and a file server for imports.
+struct Service {
+    server: TestServer,
+    du: DuClient,
+    files: FileServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// `None` when `backend` is not available here (see [`TestServer::start_on`]).
+    async fn start(backend: Backend) -> Option<Self> {
+        let server = TestServer::start_on(backend).await?;
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileServer::start(dir.path()).await.unwrap();
+        let du = server.du();
+        Some(Self { server, du, files, _dir: dir })
+    }
+}
+
 async fn imported(du: &DuClient, files: &FileServer, fixture: &ImportFixture) -> Value {
     fixture.write(files.dir()).unwrap();
     let operation = du.import(&json!([fixture.item(files)])).await.unwrap();
@@ -98,10 +117,7 @@ async fn server_trust(server: &TestServer) -> TrustStore {
 }
 
 pub(crate) async fn import_fetches_checks_and_signs(backend: Backend) {
-    let Some(server) = TestServer::start_on(backend).await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileServer::start(dir.path()).await.unwrap();
-    let du = server.du();
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     let fixture = toaster("1.0", b"#!/bin/sh\necho installed > marker\n");
     let operation = imported(&du, &files, &fixture).await;
     assert_eq!(operation["update"]["updateId"], json!({"provider": "contoso", "name": "toaster", "version": "1.0"}));
@@ -209,10 +225,7 @@ fn blob_count(server: &TestServer) -> usize {
 }
 
 pub(crate) async fn bad_imports_fail_with_a_reason_and_leave_nothing_behind(backend: Backend) {
-    let Some(server) = TestServer::start_on(backend).await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileServer::start(dir.path()).await.unwrap();
-    let du = server.du();
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\n")).await;
     let updates_before = du.list("/updates").await.unwrap().0;
     let blobs_before = blob_count(&server);
@@ -221,7 +234,7 @@ pub(crate) async fn bad_imports_fail_with_a_reason_and_leave_nothing_behind(back
     let mut invalid = toaster("2.0", b"#!/bin/sh\necho two\n");
     invalid.manifest["updateId"]["version"] = "two".into();
     invalid.manifest["compatibility"] = json!([]);
-    invalid.write(dir.path()).unwrap();
+    invalid.write(files.dir()).unwrap();
     let operation = du.import(&json!([invalid.item(&files)])).await.unwrap();
     assert_eq!(operation["status"], "Failed");
     assert_eq!(operation["error"]["code"], "InvalidImportManifest");
@@ -231,33 +244,33 @@ pub(crate) async fn bad_imports_fail_with_a_reason_and_leave_nothing_behind(back
 
     // A file whose bytes do not match the manifest's hash.
     let wrong_hash = toaster("2.1", b"#!/bin/sh\necho 2.1\n");
-    wrong_hash.write(dir.path()).unwrap();
-    std::fs::write(dir.path().join("firmware.bin"), b"firmware-bytes-0123456780").unwrap(); // same size
+    wrong_hash.write(files.dir()).unwrap();
+    std::fs::write(files.dir().join("firmware.bin"), b"firmware-bytes-0123456780").unwrap(); // same size
     let operation = du.import(&json!([wrong_hash.item(&files)])).await.unwrap();
     assert_eq!(operation["error"]["code"], "FileHashMismatch", "{operation}");
 
     // A file of another size.
     let wrong_size = toaster("2.2", b"#!/bin/sh\necho 2.2\n");
-    wrong_size.write(dir.path()).unwrap();
-    std::fs::write(dir.path().join("firmware.bin"), b"firmware-bytes-0123456789-and-more").unwrap();
+    wrong_size.write(files.dir()).unwrap();
+    std::fs::write(files.dir().join("firmware.bin"), b"firmware-bytes-0123456789-and-more").unwrap();
     let operation = du.import(&json!([wrong_size.item(&files)])).await.unwrap();
     assert_eq!(operation["error"]["code"], "FileSizeMismatch", "{operation}");
 
     // A file the request gives no URL for, and one the file server does not have.
     let missing = toaster("2.3", b"#!/bin/sh\necho 2.3\n");
-    missing.write(dir.path()).unwrap();
+    missing.write(files.dir()).unwrap();
     let mut item = missing.item(&files);
     item["files"].as_array_mut().unwrap().retain(|f| f["filename"] != "firmware.bin");
     let operation = du.import(&json!([item])).await.unwrap();
     assert_eq!(operation["error"]["code"], "MissingFile", "{operation}");
     assert!(operation["error"]["message"].as_str().unwrap().contains("firmware.bin"));
-    std::fs::remove_file(dir.path().join("install.sh")).unwrap();
+    std::fs::remove_file(files.dir().join("install.sh")).unwrap();
     let operation = du.import(&json!([missing.item(&files)])).await.unwrap();
     assert_eq!(operation["error"]["code"], "FileDownloadFailed", "{operation}");
 
     // The same update again.
     let duplicate = toaster("1.0", b"#!/bin/sh\n");
-    duplicate.write(dir.path()).unwrap();
+    duplicate.write(files.dir()).unwrap();
     let operation = du.import(&json!([duplicate.item(&files)])).await.unwrap();
     assert_eq!(operation["error"]["code"], "UpdateAlreadyExists", "{operation}");
 
@@ -267,7 +280,7 @@ pub(crate) async fn bad_imports_fail_with_a_reason_and_leave_nothing_behind(back
         .as_array_mut()
         .unwrap()
         .push(json!({"type": "reference", "updateId": {"provider": "contoso", "name": "motor", "version": "1.0"}}));
-    parent.write(dir.path()).unwrap();
+    parent.write(files.dir()).unwrap();
     let operation = du.import(&json!([parent.item(&files)])).await.unwrap();
     assert_eq!(operation["error"]["code"], "ReferencedUpdateNotFound", "{operation}");
 
@@ -283,10 +296,7 @@ pub(crate) async fn bad_imports_fail_with_a_reason_and_leave_nothing_behind(back
 }
 
 pub(crate) async fn reference_steps_ship_child_manifests(backend: Backend) {
-    let Some(server) = TestServer::start_on(backend).await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileServer::start(dir.path()).await.unwrap();
-    let du = server.du();
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     let mut child = ImportFixture::new(
         "contoso",
         "motor",
@@ -300,8 +310,8 @@ pub(crate) async fn reference_steps_ship_child_manifests(backend: Backend) {
         .as_array_mut()
         .unwrap()
         .push(json!({"type": "reference", "updateId": {"provider": "contoso", "name": "motor", "version": "1.0"}}));
-    child.write(dir.path()).unwrap();
-    parent.write(dir.path()).unwrap();
+    child.write(files.dir()).unwrap();
+    parent.write(files.dir()).unwrap();
     // Parent first in the request: the server imports the child first.
     let operation = du.import(&json!([parent.item(&files), child.item(&files)])).await.unwrap();
     assert_eq!(operation["status"], "Succeeded", "{operation}");
@@ -338,10 +348,7 @@ async fn deployment_status(du: &DuClient, group: &str, id: &str) -> Value {
 }
 
 pub(crate) async fn a_deployment_reaches_devices_and_their_reports_drive_its_status(backend: Backend) {
-    let Some(server) = TestServer::start_on(backend).await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileServer::start(dir.path()).await.unwrap();
-    let du = server.du();
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
     imported(&du, &files, &toaster("2.0", b"#!/bin/sh\necho 2\n")).await;
 
@@ -527,10 +534,7 @@ pub(crate) async fn a_deployment_reaches_devices_and_their_reports_drive_its_sta
 }
 
 pub(crate) async fn a_rollback_policy_redeploys_to_the_failed_devices(backend: Backend) {
-    let Some(server) = TestServer::start_on(backend).await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileServer::start(dir.path()).await.unwrap();
-    let du = server.du();
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
     imported(&du, &files, &toaster("2.0", b"#!/bin/sh\necho 2\n")).await;
     let mut a = agent_device(&server, "toaster-a", Some("south"), "toaster").await;
@@ -571,10 +575,7 @@ pub(crate) async fn a_rollback_policy_redeploys_to_the_failed_devices(backend: B
 }
 
 pub(crate) async fn lists_page_and_requests_are_authenticated(backend: Backend) {
-    let Some(server) = TestServer::start_on(backend).await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileServer::start(dir.path()).await.unwrap();
-    let du = server.du();
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     for version in ["1.0", "1.1", "1.2", "1.3", "1.10"] {
         imported(&du, &files, &toaster(version, version.as_bytes())).await;
     }
