@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use duhub_proto::twin::{AgentProperties, DesiredService, DeviceInformation, DeviceProperties};
+use duhub_proto::result::{ExtendedResultCode, InstallResult};
+use duhub_proto::twin::{AgentProperties, DesiredService, DeviceInformation, DeviceProperties, LastInstallResult};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -254,22 +255,28 @@ impl Agent {
                         flag.store(true, Ordering::SeqCst);
                     }
                 }
-                Action::Restart { reboot } => {
+                Action::Restart { workflow_id, reboot: true } => {
                     flush(link, outbox, outbox_path).await?;
-                    if reboot {
-                        tracing::warn!(command = ?self.settings.reboot_command, "the update asks for a reboot");
-                        let mut command = std::process::Command::new(&self.settings.reboot_command[0]);
-                        command.args(&self.settings.reboot_command[1..]);
-                        if let Err(error) = command.status() {
-                            tracing::error!(%error, "running the reboot command failed");
-                        }
-                    } else {
-                        tracing::warn!("the update asks for an agent restart");
-                        for flag in cancels.values() {
-                            flag.store(true, Ordering::SeqCst);
-                        }
-                        return Ok(Some(SessionEnd::Stop(Stopped::RestartRequested)));
+                    let command = self.settings.reboot_command.clone();
+                    tracing::warn!(?command, workflow = workflow_id, "the update asks for a reboot");
+                    let rebooting = tokio::task::spawn_blocking(move || run_reboot_command(&command))
+                        .await
+                        .unwrap_or_else(|error| Err(format!("the reboot command's thread failed: {error}")));
+                    if let Err(why) = rebooting {
+                        // Not rebooted, so what was installed is not in effect: the deployment
+                        // fails (a retry runs it again) instead of staying in progress forever.
+                        tracing::error!(why, workflow = workflow_id, "the reboot failed; the deployment fails");
+                        let result = LastInstallResult::new(InstallResult::failure(REBOOT_FAILED).with_details(why));
+                        let _ = finished_tx.send((workflow_id, Outcome::Failed(result)));
                     }
+                }
+                Action::Restart { workflow_id, reboot: false } => {
+                    flush(link, outbox, outbox_path).await?;
+                    tracing::warn!(workflow = workflow_id, "the update asks for an agent restart");
+                    for flag in cancels.values() {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    return Ok(Some(SessionEnd::Stop(Stopped::RestartRequested)));
                 }
                 Action::Ignore(why) => tracing::info!(why, "desired deviceUpdate.service not acted on"),
             }
@@ -376,6 +383,21 @@ fn total_storage_kb(sys_block: &Path) -> Option<u64> {
         }
     }
     total
+}
+
+/// duhub: the reboot command could not be run or exited with a failure status (facility 8
+/// utility, component 4 workflow util, duhub's value range `0xF00`).
+pub const REBOOT_FAILED: ExtendedResultCode = ExtendedResultCode(0x8040_0F01);
+
+/// Runs the reboot command and waits for it: `Err` with why when it cannot be started or exits
+/// with a failure status.
+fn run_reboot_command(command: &[String]) -> Result<(), String> {
+    let (program, args) = command.split_first().ok_or("no reboot command is configured")?;
+    match std::process::Command::new(program).args(args).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("the reboot command {command:?} failed ({status})")),
+        Err(error) => Err(format!("the reboot command {command:?} could not be run: {error}")),
+    }
 }
 
 fn jittered(base: Duration) -> Duration {

@@ -89,7 +89,9 @@ pub struct Settings {
     /// The `apt-get` that `microsoft/apt:1` runs (default: `apt-get` on `PATH`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apt_command: Option<PathBuf>,
-    /// Command that reboots the device when a handler asks for it.
+    /// Command that reboots the device when a handler asks for it. If it cannot be run or exits
+    /// with a failure status, the deployment fails with
+    /// [`REBOOT_FAILED`](crate::runtime::REBOOT_FAILED).
     #[serde(default = "default_reboot_command")]
     pub reboot_command: Vec<String>,
 }

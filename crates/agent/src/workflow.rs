@@ -81,8 +81,12 @@ pub enum Action {
         /// The workflow to stop.
         workflow_id: String,
     },
-    /// Reboot the device (or restart the agent when `reboot` is false).
+    /// Reboot the device (or restart the agent when `reboot` is false). The workflow stays
+    /// running; if the reboot cannot be done, the runtime ends it with
+    /// [`Event::Finished`] and [`Outcome::Failed`].
     Restart {
+        /// The workflow that asked for it.
+        workflow_id: String,
         /// `true` for a reboot.
         reboot: bool,
     },
@@ -268,7 +272,10 @@ impl Core {
             // Stays "running" in the journal: after the restart the twin names it again and it
             // is processed again (the handler's is-installed check finds it done).
             self.running = Some(Running { workflow, stopping: None });
-            return vec![Action::Journal(self.journal()), Action::Restart { reboot }];
+            return vec![
+                Action::Journal(self.journal()),
+                Action::Restart { workflow_id: workflow_id.to_owned(), reboot },
+            ];
         }
         self.completed = JournalWorkflow::of(&workflow);
         let report = match outcome {
@@ -423,6 +430,18 @@ mod tests {
         assert_eq!(states(&actions), ["journal", "restart"]);
         assert_eq!(core.journal().running.unwrap().id, "w1");
         assert!(core.journal().completed.is_none(), "not reported as completed before the restart");
+    }
+
+    #[test]
+    fn a_reboot_that_cannot_be_done_fails_the_workflow() {
+        let mut core = Core::new(&Journal::default());
+        core.handle(desired(3, "w1", None, 2));
+        core.handle(Event::Finished { workflow_id: "w1".into(), outcome: Outcome::RestartRequired { reboot: true } });
+        // The runtime could not reboot and ends the workflow.
+        let actions = core.handle(Event::Finished { workflow_id: "w1".into(), outcome: failure() });
+        assert_eq!(states(&actions), ["journal", "report 255"]);
+        assert_eq!(core.journal().completed.unwrap().id, "w1");
+        assert!(!core.is_busy());
     }
 
     #[test]

@@ -431,6 +431,24 @@ async fn a_reboot_request_runs_the_reboot_command_and_the_deployment_completes_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_that_fails_fails_the_deployment_instead_of_leaving_it_in_progress() {
+    let fixture = Fixture::new().await;
+    let marker = fixture.work.path().join("marker-no-reboot");
+    let script = script(&marker, "true", "true").replacen("ok 700 ;;", "ok 706 ;;", 1);
+    fixture.import_install_script("1.0", "fridge", &script).await;
+    let reboot = vec!["/bin/sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()];
+    let agent = fixture.agent_with("fridge-1", "lab", "fridge", None, |s| s.reboot_command = reboot).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fixture.deploy("lab", "dep-no-reboot", "fridge", "1.0").await;
+    let device = fixture.wait_device("fridge-1", "dep-no-reboot", "Failed", &agent).await;
+    assert_eq!(device["lastInstallResult"]["extendedResultCode"], 0x8040_0F01_u32.cast_signed(), "{device}");
+    assert!(
+        device["lastInstallResult"]["resultDetails"].as_str().unwrap_or_default().contains("exit status: 3"),
+        "{device}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_request_restarts_the_agent_in_place_and_the_deployment_completes() {
     let fixture = Fixture::new().await;
     let marker = fixture.work.path().join("marker-restart");
