@@ -1,5 +1,6 @@
 //! What the agent's process-level tests share: settings for a device of a test server, and the
-//! agent as a child process.
+//! agent as a child process. Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,7 +87,6 @@ impl AgentProcess {
     }
 
     /// Whether the agent process has exited (and with which status).
-    #[allow(dead_code)] // not every test binary asks
     pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
     }
