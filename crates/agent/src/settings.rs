@@ -32,8 +32,8 @@ pub enum Transport {
     Websocket,
 }
 
-/// The agent's settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The agent's settings. `Debug` shows the connection string without its key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `HostName=...;DeviceId=...;SharedAccessKey=...`.
@@ -102,6 +102,58 @@ fn default_compat_property_names() -> String {
 
 fn default_download_timeout() -> u64 {
     crate::config::DEFAULT_DOWNLOAD_TIMEOUT_MINUTES
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured without `..`: a new field must be decided on here.
+        let Self {
+            connection_string,
+            data_dir,
+            manufacturer,
+            model,
+            additional_device_properties,
+            compat_property_names,
+            transport,
+            mqtt_port,
+            https_port,
+            ca_pem,
+            ca_file,
+            root_keys,
+            root_keys_file,
+            use_production_roots,
+            root_key_package_url,
+            download_timeout_minutes,
+            handlers,
+            simulator_data_file,
+            apt_command,
+            reboot_command,
+        } = self;
+        let connection = duhub_proto::connection_string::ConnectionString::parse(connection_string)
+            .map_or_else(|_| "<unparsable>".to_owned(), |parsed| format!("{parsed:?}"));
+        f.debug_struct("Settings")
+            .field("connection_string", &format_args!("{connection}"))
+            .field("data_dir", data_dir)
+            .field("manufacturer", manufacturer)
+            .field("model", model)
+            .field("additional_device_properties", additional_device_properties)
+            .field("compat_property_names", compat_property_names)
+            .field("transport", transport)
+            .field("mqtt_port", mqtt_port)
+            .field("https_port", https_port)
+            .field("ca_pem", ca_pem)
+            .field("ca_file", ca_file)
+            .field("root_keys", root_keys)
+            .field("root_keys_file", root_keys_file)
+            .field("use_production_roots", use_production_roots)
+            .field("root_key_package_url", root_key_package_url)
+            .field("download_timeout_minutes", download_timeout_minutes)
+            .field("handlers", handlers)
+            .field("simulator_data_file", simulator_data_file)
+            .field("apt_command", apt_command)
+            .field("reboot_command", reboot_command)
+            .finish()
+    }
 }
 
 fn default_reboot_command() -> Vec<String> {
@@ -251,6 +303,15 @@ mod tests {
         "connection_string = \"HostName=hub;DeviceId=d1;SharedAccessKey=a2V5\"\ndata_dir = \"/tmp/a\"\n\
          manufacturer = \"contoso\"\nmodel = \"toaster\"\nroot_keys = \"[]\"\n"
             .to_owned()
+    }
+
+    #[test]
+    fn debug_does_not_show_the_device_key() {
+        let settings: Settings = toml::from_str(&minimal()).unwrap();
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("device_id: Some(\"d1\")"), "{shown}");
+        assert!(shown.contains("manufacturer: \"contoso\""), "{shown}");
+        assert!(!shown.contains("a2V5"), "{shown}");
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub enum ConnectionStringError {
     BadKey(String),
 }
 
-/// A parsed IoT Hub connection string (device, module or service).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed IoT Hub connection string (device, module or service). `Debug` hides the key and
+/// the signature.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnectionString {
     /// `HostName`: the hub name used in usernames and SAS resources (may carry a port, `localhost:8443`).
     pub host_name: String,
@@ -74,6 +75,34 @@ pub struct ConnectionString {
     pub x509: bool,
     /// Unknown keys with their values, in the order read.
     pub other: Vec<(String, String)>,
+}
+
+impl core::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let Self {
+            host_name,
+            device_id,
+            module_id,
+            shared_access_key,
+            shared_access_key_name,
+            shared_access_signature,
+            gateway_host_name,
+            x509,
+            other,
+        } = self;
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("ConnectionString")
+            .field("host_name", host_name)
+            .field("device_id", device_id)
+            .field("module_id", module_id)
+            .field("shared_access_key", &hidden(shared_access_key))
+            .field("shared_access_key_name", shared_access_key_name)
+            .field("shared_access_signature", &hidden(shared_access_signature))
+            .field("gateway_host_name", gateway_host_name)
+            .field("x509", x509)
+            .field("other", other)
+            .finish()
+    }
 }
 
 impl ConnectionString {
@@ -258,6 +287,19 @@ impl std::str::FromStr for ConnectionString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_key_and_the_signature() {
+        let cs = ConnectionString::parse("HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0LWtleQ==").unwrap();
+        let shown = format!("{cs:?}");
+        assert!(shown.contains("device_id: Some(\"d\")") && shown.contains("<hidden>"), "{shown}");
+        assert!(!shown.contains("c2VjcmV0LWtleQ"), "{shown}");
+        let sas = ConnectionString::parse(
+            "HostName=h;DeviceId=d;SharedAccessSignature=SharedAccessSignature sr=h&sig=s3cr3t",
+        )
+        .unwrap();
+        assert!(!format!("{sas:?}").contains("s3cr3t"));
+    }
 
     #[test]
     fn unknown_keys_print_after_known_ones_in_read_order() {
