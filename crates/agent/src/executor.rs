@@ -86,6 +86,7 @@ impl Executor {
         let mut handlers = Registry::with_builtins(BuiltinOptions {
             simulator_data_file: settings.simulator_data_file.clone(),
             apt_command: settings.apt_command.clone(),
+            swupdate_config_file: settings.swupdate_config_file.clone(),
             ..BuiltinOptions::default()
         });
         for (id, executable) in &settings.handlers {

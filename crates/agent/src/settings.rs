@@ -89,6 +89,12 @@ pub struct Settings {
     /// The `apt-get` that `microsoft/apt:1` runs (default: `apt-get` on `PATH`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apt_command: Option<PathBuf>,
+    /// Options for every `microsoft/swupdate:2` script, as the official
+    /// `swupdate-handler-config.json`: a JSON object of option -> value (strings), e.g.
+    /// `{"--public-key-file": "/etc/swupdate/public.pem"}`. With `du-config.json`, the
+    /// `swupdate-handler-config.json` beside it is used when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swupdate_config_file: Option<PathBuf>,
     /// Command that reboots the device when a handler asks for it. If it cannot be run or exits
     /// with a failure status, the deployment fails with
     /// [`REBOOT_FAILED`](crate::runtime::REBOOT_FAILED).
@@ -127,6 +133,7 @@ impl std::fmt::Debug for Settings {
             handlers,
             simulator_data_file,
             apt_command,
+            swupdate_config_file,
             reboot_command,
         } = self;
         let connection = duhub_proto::connection_string::ConnectionString::parse(connection_string)
@@ -151,10 +158,14 @@ impl std::fmt::Debug for Settings {
             .field("handlers", handlers)
             .field("simulator_data_file", simulator_data_file)
             .field("apt_command", apt_command)
+            .field("swupdate_config_file", swupdate_config_file)
             .field("reboot_command", reboot_command)
             .finish()
     }
 }
+
+/// The official swupdate:2 options file, looked for beside `du-config.json`.
+pub const SWUPDATE_CONFIG_FILE_NAME: &str = "swupdate-handler-config.json";
 
 fn default_reboot_command() -> Vec<String> {
     vec!["/sbin/reboot".to_owned()]
@@ -201,7 +212,12 @@ impl Settings {
         let mut settings = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
             let official = crate::config::parse_official(&text)
                 .map_err(|source| SettingsError::Official { path: path.to_owned(), source })?;
-            Self::from_official(&official)?
+            let mut settings = Self::from_official(&official)?;
+            let swupdate_config = path.with_file_name(SWUPDATE_CONFIG_FILE_NAME);
+            if swupdate_config.is_file() {
+                settings.swupdate_config_file = Some(swupdate_config);
+            }
+            settings
         } else {
             toml::from_str::<Settings>(&text)
                 .map_err(|e| SettingsError::Toml { path: path.to_owned(), message: e.to_string() })?
@@ -252,6 +268,7 @@ impl Settings {
             handlers: BTreeMap::new(),
             simulator_data_file: None,
             apt_command: None,
+            swupdate_config_file: None,
             reboot_command: default_reboot_command(),
         })
     }
@@ -341,6 +358,11 @@ mod tests {
         assert_eq!(settings.data_dir, PathBuf::from("/tmp/adu-data"));
         assert_eq!(settings.ca_file, extra.ca_file);
         assert_eq!(settings.root_keys_file, extra.root_keys_file);
+        assert_eq!(settings.swupdate_config_file, None);
+        // The official swupdate:2 options file beside du-config.json is used.
+        std::fs::write(dir.join(SWUPDATE_CONFIG_FILE_NAME), "{}").unwrap();
+        let settings = Settings::load(&path, &extra).unwrap();
+        assert_eq!(settings.swupdate_config_file, Some(dir.join(SWUPDATE_CONFIG_FILE_NAME)));
         // The Azure IoT Identity Service is not something duhub-agent can use: said so.
         std::fs::write(&path, official.replace("\"string\"", "\"AIS\"")).unwrap();
         let error = Settings::load(&path, &Extra::default()).unwrap_err().to_string();

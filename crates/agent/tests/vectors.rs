@@ -41,6 +41,7 @@ fn executor(dir: &std::path::Path) -> Executor {
         handlers: Default::default(),
         simulator_data_file: None,
         apt_command: None,
+        swupdate_config_file: None,
         reboot_command: vec!["/bin/true".into()],
     };
     Executor::new(&settings).unwrap()

@@ -152,6 +152,8 @@ pub struct BuiltinOptions {
     pub process_timeout: Option<Duration>,
     /// The `apt-get` the APT handler runs; `None`: `apt-get`, looked up on `PATH`.
     pub apt_command: Option<PathBuf>,
+    /// Options for every swupdate:2 script (the official `swupdate-handler-config.json`).
+    pub swupdate_config_file: Option<PathBuf>,
 }
 
 /// The step handlers the agent knows, by handler id (the step's `handler`, e.g.
@@ -170,7 +172,8 @@ impl Registry {
         registry.register(SCRIPT_HANDLER_ID, Arc::new(ScriptHandler::new(timeout)));
         let apt_get = options.apt_command.unwrap_or_else(|| PathBuf::from("apt-get"));
         registry.register(APT_HANDLER_ID, Arc::new(AptHandler::new(apt_get, timeout)));
-        registry.register(SWUPDATE_HANDLER_ID, Arc::new(SwUpdateHandler::new(timeout)));
+        let swupdate = SwUpdateHandler::new(timeout).with_config_file(options.swupdate_config_file);
+        registry.register(SWUPDATE_HANDLER_ID, Arc::new(swupdate));
         if let Some(data_file) = options.simulator_data_file {
             registry.register(SIMULATOR_HANDLER_ID, Arc::new(SimulatorHandler::new(data_file)));
         }

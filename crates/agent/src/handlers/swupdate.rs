@@ -12,11 +12,15 @@
 //!
 //! 1. `--action-<verb>` (apiVersion 1.0) or `--action <verb>` (1.1), verb `is-installed`,
 //!    `install` or `apply`;
-//! 2. the `arguments` tokens, component placeholders replaced by `n/a` as for script:1; the token
+//! 2. `--swu-file <sandbox>/<swuFileName>` when `swuFileName` is set;
+//! 3. the options of the swupdate configuration file, when one is configured
+//!    (`swupdate_config_file`, the official `swupdate-handler-config.json`): a JSON object whose
+//!    members, in file order, are passed as `<name> <value>`, e.g.
+//!    `{"--public-key-file": "/etc/swupdate/public.pem"}`; a missing file adds nothing;
+//! 4. the `arguments` tokens, component placeholders replaced by `n/a` as for script:1; the token
 //!    after `--swu-file` or `--image-file` is a file name in the sandbox and is passed as its full
 //!    path (`--swu-file image.swu` -> `--swu-file <sandbox>/image.swu`);
-//! 3. `--swu-file <sandbox>/<swuFileName>` when `swuFileName` is set;
-//! 4. `--work-folder <sandbox>`, `--output-file <sandbox>/action_<verb>_output.txt`,
+//! 5. `--work-folder <sandbox>`, `--output-file <sandbox>/action_<verb>_output.txt`,
 //!    `--log-file <sandbox>/action_<verb>_script.log`,
 //!    `--result-file <sandbox>/action_<verb>_aduc_result.json`, then
 //!    `--installed-criteria <value>` when there is one.
@@ -31,6 +35,7 @@
 //! |---|---|
 //! | [`MISSING_SCRIPT_FILE_NAME`] `0x30100007` | `scriptFileName` missing (official) |
 //! | [`MISSING_SWU_FILE_NAME`] `0x30100008` | `--swu-file`/`--image-file` without a file name, or a `swuFileName` or such name that is not a plain file name (official code) |
+//! | [`BAD_CONFIG_FILE`] `0x30100020` | the swupdate configuration file cannot be read, is not JSON, or is not an object of strings (official code) |
 //! | [`MISSING_SCRIPT_FILE`] `0x30100107` | the script is not in the sandbox, or `scriptFileName` is not a plain file name (official `..._GET_SCRIPT_FILE_ENTITY`) |
 //! | [`IMAGE_FILE_NOT_FOUND`] `0x30100202` | `install`: the `.swu` named by `swuFileName` is not in the sandbox (official) |
 //! | [`PARSE_RESULT_FILE`] `0x30100205` | exit 0, but the result file is missing or unparsable (official) |
@@ -42,9 +47,11 @@
 //!
 //! Differences from the official agent are those of script:1 (the script runs directly as the
 //! agent's user, not through `adu-shell`; cancel kills it; optional timeout). The official
-//! handler also reads `swupdate-handler-config.json` for extra options; duhub has no such file.
+//! handler ignores a configuration file it cannot parse; duhub fails the step with
+//! [`BAD_CONFIG_FILE`], so a broken file is noticed instead of silently dropping options.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use duhub_proto::result::{ExtendedResultCode, InstallResult};
@@ -59,6 +66,9 @@ pub const MISSING_SCRIPT_FILE_NAME: ExtendedResultCode = ExtendedResultCode(0x30
 /// `--image-file` in `arguments` has no file name after it, or a `.swu` file name is not a plain
 /// file name.
 pub const MISSING_SWU_FILE_NAME: ExtendedResultCode = ExtendedResultCode(0x3010_0008);
+/// Official (`ADUC_ERC_SWUPDATE_HANDLER_BAD_SWUPDATE_CONFIG_FILE`): the swupdate configuration
+/// file cannot be read, is not JSON, or is not an object whose values are strings.
+pub const BAD_CONFIG_FILE: ExtendedResultCode = ExtendedResultCode(0x3010_0020);
 /// Official code (`ADUC_ERC_SWUPDATE_HANDLER_DOWNLOAD_FAILURE_GET_SCRIPT_FILE_ENTITY`): the
 /// script is not in the sandbox, or `scriptFileName` is not a plain file name.
 pub const MISSING_SCRIPT_FILE: ExtendedResultCode = ExtendedResultCode(0x3010_0107);
@@ -99,6 +109,7 @@ const CODES: Codes = Codes {
 #[derive(Debug)]
 pub struct SwUpdateHandler {
     runner: ScriptRunner,
+    config_file: Option<PathBuf>,
 }
 
 impl Default for SwUpdateHandler {
@@ -110,7 +121,37 @@ impl Default for SwUpdateHandler {
 impl SwUpdateHandler {
     /// A swupdate:2 handler killing scripts that run longer than `timeout` (if any).
     pub fn new(timeout: Option<Duration>) -> Self {
-        Self { runner: ScriptRunner::new(timeout, &CODES) }
+        Self { runner: ScriptRunner::new(timeout, &CODES), config_file: None }
+    }
+
+    /// The same handler passing the options of `config_file` (if any) to every script.
+    #[must_use]
+    pub fn with_config_file(mut self, config_file: Option<PathBuf>) -> Self {
+        self.config_file = config_file;
+        self
+    }
+
+    /// The configuration file's options as arguments, in file order; none without a file.
+    fn config_arguments(&self) -> Result<Vec<OsString>, InstallResult> {
+        let Some(path) = &self.config_file else { return Ok(Vec::new()) };
+        let bad =
+            |why: String| InstallResult::failure(BAD_CONFIG_FILE).with_details(format!("{}: {why}", path.display()));
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(bad(error.to_string())),
+        };
+        let value: Value = serde_json::from_str(&text).map_err(|error| bad(format!("not JSON: {error}")))?;
+        let Value::Object(options) = value else { return Err(bad("not a JSON object".into())) };
+        let mut args = Vec::with_capacity(options.len() * 2);
+        for (name, value) in options {
+            let Value::String(value) = value else {
+                return Err(bad(format!("the value of {name:?} is not a string")));
+            };
+            args.push(name.into());
+            args.push(value.into());
+        }
+        Ok(args)
     }
 }
 
@@ -124,9 +165,6 @@ impl ScriptProtocol for SwUpdateHandler {
             let properties = ctx.handler_properties;
             let sandbox = ctx.sandbox;
             let mut args = script::action_arguments(properties, files.verb);
-            let tokens = script::argument_tokens(properties, Some(sandbox))
-                .map_err(|why| InstallResult::failure(MISSING_SWU_FILE_NAME).with_details(why))?;
-            args.extend(tokens);
             let swu_name = properties.get("swuFileName").and_then(Value::as_str).filter(|name| !name.is_empty());
             if let Some(name) = swu_name {
                 if !script::is_plain_file_name(name) {
@@ -141,6 +179,10 @@ impl ScriptProtocol for SwUpdateHandler {
                 args.push("--swu-file".into());
                 args.push(image.into());
             }
+            args.extend(self.config_arguments()?);
+            let tokens = script::argument_tokens(properties, Some(sandbox))
+                .map_err(|why| InstallResult::failure(MISSING_SWU_FILE_NAME).with_details(why))?;
+            args.extend(tokens);
             let verb = files.verb;
             let options: [(&str, OsString); 4] = [
                 ("--work-folder", sandbox.into()),

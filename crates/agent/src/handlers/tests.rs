@@ -463,11 +463,8 @@ fn registry_builtins() {
     let registry = Registry::with_builtins(BuiltinOptions::default());
     assert_eq!(registry.handler_ids().collect::<Vec<_>>(), [APT_HANDLER_ID, SCRIPT_HANDLER_ID, SWUPDATE_HANDLER_ID]);
     assert!(registry.get("microsoft/steps:1").is_none());
-    let registry = Registry::with_builtins(BuiltinOptions {
-        simulator_data_file: Some(template()),
-        process_timeout: None,
-        apt_command: None,
-    });
+    let registry =
+        Registry::with_builtins(BuiltinOptions { simulator_data_file: Some(template()), ..BuiltinOptions::default() });
     assert_eq!(
         registry.handler_ids().collect::<Vec<_>>(),
         [APT_HANDLER_ID, SCRIPT_HANDLER_ID, SIMULATOR_HANDLER_ID, SWUPDATE_HANDLER_ID]
@@ -492,6 +489,7 @@ fn failure_constants_are_the_official_ones() {
         (apt::MISSING_INSTALLED_CRITERIA, 0x3020_0007),
         (swupdate::MISSING_SCRIPT_FILE_NAME, 0x3010_0007),
         (swupdate::MISSING_SWU_FILE_NAME, 0x3010_0008),
+        (swupdate::BAD_CONFIG_FILE, 0x3010_0020),
         (swupdate::MISSING_SCRIPT_FILE, 0x3010_0107),
         (swupdate::IMAGE_FILE_NOT_FOUND, 0x3010_0202),
         (swupdate::PARSE_RESULT_FILE, 0x3010_0205),
@@ -795,12 +793,12 @@ fn swupdate_argv_resolves_swu_files_and_adds_runtime_options() {
         fixture.args(),
         [
             "--action-install",
+            "--swu-file",
+            &format!("{s}/image.swu"),
             "--restart-agent",
             "--swu-file",
             &format!("{s}/image.swu"),
             "n/a",
-            "--swu-file",
-            &format!("{s}/image.swu"),
             "--work-folder",
             &s,
             "--output-file",
@@ -838,6 +836,60 @@ fn swupdate_argv_resolves_swu_files_and_adds_runtime_options() {
             &format!("{s}/action_is-installed_aduc_result.json"),
         ]
     );
+}
+
+#[test]
+fn swupdate_passes_the_configuration_file_options_after_the_image() {
+    let config_dir = tempfile::tempdir().unwrap();
+    // The official sample (spec/vectors/config/...sample_swupdate_config.json), in file order.
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "tests/fixtures/config/src__extensions__step_handlers__swupdate_handler_v2__tests__testdata__adu-yocto-ab-rootfs-update__sample_swupdate_config.json",
+    );
+    let properties = json!({"scriptFileName": "update.sh", "swuFileName": "image.swu", "arguments": "--extra x"});
+    let mut fixture = Fixture::new(properties.clone());
+    fixture.script("update.sh", r#"result 600 0 "ok""#);
+    fs::write(fixture.sandbox.join("image.swu"), "swu").unwrap();
+    let handler = SwUpdateHandler::new(None).with_config_file(Some(sample));
+    assert_eq!(codes(&handler.install(&fixture.ctx())), (600, 0));
+    let s = fixture.sandbox_str();
+    assert_eq!(
+        fixture.args()[..10],
+        [
+            "--action-install",
+            "--swu-file",
+            &format!("{s}/image.swu"),
+            "--log-file",
+            "/adu/logs/swupdate.log",
+            "--public-key-file",
+            "/adukey/pubic.pem",
+            "--software-version-file",
+            "/etc/adu/adu-version",
+            "--extra",
+        ]
+    );
+
+    // A configured file that does not exist adds nothing.
+    let missing = SwUpdateHandler::new(None).with_config_file(Some(config_dir.path().join("none.json")));
+    assert_eq!(codes(&missing.install(&fixture.ctx())), (600, 0));
+    assert_eq!(fixture.args()[..4], ["--action-install", "--swu-file", &format!("{s}/image.swu"), "--extra"]);
+
+    // A broken one fails the step, naming the file and the problem, and runs nothing.
+    for (content, why) in [
+        ("{not json", "not JSON"),
+        ("[\"--a\", \"b\"]", "not a JSON object"),
+        ("{\"--level\": 3}", "\"--level\" is not a string"),
+    ] {
+        let file = config_dir.path().join("swupdate-handler-config.json");
+        fs::write(&file, content).unwrap();
+        let mut fixture = Fixture::new(properties.clone());
+        fixture.script("update.sh", r#"result 600 0 "ok""#);
+        fs::write(fixture.sandbox.join("image.swu"), "swu").unwrap();
+        let result = SwUpdateHandler::new(None).with_config_file(Some(file)).install(&fixture.ctx());
+        assert_eq!(codes(&result), (0, swupdate::BAD_CONFIG_FILE.0), "{content}");
+        let details = result.result_details.unwrap_or_default();
+        assert!(details.contains("swupdate-handler-config.json") && details.contains(why), "{details}");
+        assert!(!fixture.sandbox.join("args.txt").exists(), "the script did not run for {content}");
+    }
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub(crate) fn agent_settings(
         handlers: Default::default(),
         simulator_data_file: None,
         apt_command: None,
+        swupdate_config_file: None,
         reboot_command: vec!["/bin/true".into()],
     }
 }

@@ -206,6 +206,7 @@ pub(super) fn agent_config(args: &AgentConfigArgs) -> Result<Outcome> {
         handlers: Default::default(),
         simulator_data_file: None,
         apt_command: None,
+        swupdate_config_file: None,
         reboot_command: vec!["/sbin/reboot".to_owned()],
     };
     settings.check().map_err(|e| anyhow::anyhow!("{e}"))?;
