@@ -149,3 +149,32 @@ def publish_update(file_server, manifest, files, friendly_name=None):
     if friendly_name is not None:
         item["friendlyName"] = friendly_name
     return item
+
+
+class DesiredPatches:
+    """Collects what `on_twin_desired_properties_patch_received` is handed, thread-safely."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._patches = []
+
+    def __call__(self, patch):
+        with self._lock:
+            self._patches.append(patch)
+
+    def all(self):
+        with self._lock:
+            return list(self._patches)
+
+    def wait_for(self, predicate, what, timeout=EVENT_TIMEOUT):
+        return wait_until(lambda: next((p for p in self.all() if predicate(p)), None), what, timeout=timeout)
+
+    def service(self, predicate, what):
+        """Waits for a patch with a `deviceUpdate.service` passing `predicate`; returns (service, $version)."""
+        def found():
+            for patch in self.all():
+                service = (patch.get("deviceUpdate") or {}).get("service")
+                if isinstance(service, dict) and service.get("workflow") and predicate(service):
+                    return service, patch["$version"]
+            return None
+        return wait_until(found, what)

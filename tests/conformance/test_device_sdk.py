@@ -10,33 +10,13 @@ import copy
 import json
 import socket
 import ssl
-import threading
 
 import pytest
 from azure.iot.device import exceptions as device_errors
 from azure.iot.hub.models import Twin, TwinProperties
 
 import support
-from support import DU_MODEL_ID, call, wait_until, websocket_enabled
-
-
-class DesiredPatches:
-    """Collects what `on_twin_desired_properties_patch_received` is handed, thread-safely."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._patches = []
-
-    def __call__(self, patch):
-        with self._lock:
-            self._patches.append(patch)
-
-    def all(self):
-        with self._lock:
-            return list(self._patches)
-
-    def wait_for(self, predicate, what, timeout=support.EVENT_TIMEOUT):
-        return wait_until(lambda: next((p for p in self.all() if predicate(p)), None), what, timeout=timeout)
+from support import DU_MODEL_ID, DesiredPatches, call, wait_until, websocket_enabled
 
 
 def set_desired(registry, device_id, desired):

@@ -17,7 +17,6 @@ failed one), the fleet's view before any deployment, a deployment's whole life, 
 import contextlib
 import json
 import secrets
-import threading
 
 import pytest
 import requests
@@ -31,7 +30,7 @@ from azure.core.exceptions import (
 from azure.iot.hub.models import Twin
 
 import support
-from support import DU_MODEL_ID, call, listed, wait_until
+from support import DU_MODEL_ID, DesiredPatches, call, listed, wait_until
 
 SUFFIX = secrets.token_hex(3)
 PROVIDER = f"Conformance-{SUFFIX}"
@@ -197,32 +196,6 @@ def test_failed_import_raises_with_the_reason(du_client, file_server):
 
 
 # ----- devices ----------------------------------------------------------------------------------
-
-class DesiredPatches:
-    """Collects what `on_twin_desired_properties_patch_received` is handed, thread-safely."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._patches = []
-
-    def __call__(self, patch):
-        with self._lock:
-            self._patches.append(patch)
-
-    def all(self):
-        with self._lock:
-            return list(self._patches)
-
-    def service(self, predicate, what):
-        """Waits for a patch with a `deviceUpdate.service` passing `predicate`; returns (service, $version)."""
-        def found():
-            for patch in self.all():
-                service = (patch.get("deviceUpdate") or {}).get("service")
-                if isinstance(service, dict) and service.get("workflow") and predicate(service):
-                    return service, patch["$version"]
-            return None
-        return wait_until(found, what)
-
 
 class Agent:
     """A device playing the Device Update agent 1.1.0's part over `azure-iot-device`."""

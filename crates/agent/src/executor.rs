@@ -76,11 +76,7 @@ impl Executor {
         {
             tracing::warn!(%error, "the stored root key package is not valid for these roots; ignored");
         }
-        let ca = match (&settings.ca_pem, &settings.ca_file) {
-            (Some(pem), _) => Some(pem.clone().into_bytes()),
-            (None, Some(path)) => Some(std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?),
-            (None, None) => None,
-        };
+        let ca = settings.ca_pem_bytes().map_err(|e| e.to_string())?;
         let timeout = std::time::Duration::from_secs(settings.download_timeout_minutes.max(1) * 60);
         let downloader = Downloader::new(ca.as_deref(), timeout).map_err(|e| e.to_string())?;
         let mut handlers = Registry::with_builtins(BuiltinOptions {

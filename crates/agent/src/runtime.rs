@@ -64,6 +64,9 @@ enum SessionEnd {
 /// One agent.
 pub struct Agent {
     settings: Settings,
+    /// Read from the system once per process (it changes only across a reboot or an update
+    /// that restarts the agent), reported on every connect.
+    device_information: DeviceInformation,
     endpoint: Endpoint,
     runner: Arc<dyn JobRunner>,
     state_dir: PathBuf,
@@ -74,13 +77,7 @@ impl Agent {
     pub fn new(settings: Settings, runner: Arc<dyn JobRunner>) -> Result<Self, RuntimeError> {
         let connection = duhub_proto::connection_string::ConnectionString::parse(&settings.connection_string)
             .map_err(|e| RuntimeError::Config(format!("connection_string: {e}")))?;
-        let ca = match (&settings.ca_pem, &settings.ca_file) {
-            (Some(pem), _) => Some(pem.clone().into_bytes()),
-            (None, Some(file)) => Some(
-                std::fs::read(file).map_err(|e| RuntimeError::Config(format!("reading {}: {e}", file.display())))?,
-            ),
-            (None, None) => None,
-        };
+        let ca = settings.ca_pem_bytes().map_err(|e| RuntimeError::Config(e.to_string()))?;
         let tls = crate::hub::tls_config(ca.as_deref()).map_err(|e| RuntimeError::Config(e.to_string()))?;
         let (host, port) = match connection.host_name.rsplit_once(':') {
             Some((host, port)) if port.parse::<u16>().is_ok() => (host.to_owned(), port.parse().unwrap_or(8883)),
@@ -91,7 +88,8 @@ impl Agent {
         let endpoint = Endpoint { connection, host, port, websocket, tls };
         let state_dir = settings.data_dir.clone();
         create_private_dir(&state_dir)?;
-        Ok(Self { settings, endpoint, runner, state_dir })
+        let device_information = device_information(&settings);
+        Ok(Self { settings, device_information, endpoint, runner, state_dir })
     }
 
     /// Runs until `stop` turns true or an update asks for an agent restart.
@@ -168,7 +166,7 @@ impl Agent {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd, SessionError> {
         link.report(&self.startup_report().to_patch()).await?;
-        link.report(&device_information(&self.settings).to_patch()).await?;
+        link.report(&self.device_information.to_patch()).await?;
         flush(link, outbox, outbox_path).await?;
         let twin = link.get_twin().await?;
         if let Ok(Some(desired)) = DesiredService::locate(&twin) {
@@ -206,9 +204,7 @@ impl Agent {
                     return Err(SessionError::Hub(HubError::Connection(reason.unwrap_or_else(|_| "closed".into()))));
                 }
                 _ = stop.changed() => {
-                    for flag in cancels.values() {
-                        flag.store(true, Ordering::SeqCst);
-                    }
+                    cancel_all(cancels);
                     return Ok(SessionEnd::Stop(Stopped::Requested));
                 }
             }
@@ -273,9 +269,7 @@ impl Agent {
                 Action::Restart { workflow_id, reboot: false } => {
                     flush(link, outbox, outbox_path).await?;
                     tracing::warn!(workflow = workflow_id, "the update asks for an agent restart");
-                    for flag in cancels.values() {
-                        flag.store(true, Ordering::SeqCst);
-                    }
+                    cancel_all(cancels);
                     return Ok(Some(SessionEnd::Stop(Stopped::RestartRequested)));
                 }
                 Action::Ignore(why) => tracing::info!(why, "desired deviceUpdate.service not acted on"),
@@ -383,6 +377,13 @@ fn total_storage_kb(sys_block: &Path) -> Option<u64> {
         }
     }
     total
+}
+
+/// Asks every running job to stop.
+fn cancel_all(cancels: &HashMap<String, Arc<AtomicBool>>) {
+    for flag in cancels.values() {
+        flag.store(true, Ordering::SeqCst);
+    }
 }
 
 /// duhub: the reboot command could not be run or exited with a failure status (facility 8

@@ -273,6 +273,17 @@ impl Settings {
         })
     }
 
+    /// The extra CA certificates to trust (PEM): `ca_pem`, else the contents of `ca_file`.
+    pub fn ca_pem_bytes(&self) -> Result<Option<Vec<u8>>, SettingsError> {
+        match (&self.ca_pem, &self.ca_file) {
+            (Some(pem), _) => Ok(Some(pem.clone().into_bytes())),
+            (None, Some(path)) => {
+                std::fs::read(path).map(Some).map_err(|source| SettingsError::Read { path: path.clone(), source })
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Checks what serde cannot.
     pub fn check(&self) -> Result<(), SettingsError> {
         let connection = duhub_proto::connection_string::ConnectionString::parse(&self.connection_string)

@@ -54,13 +54,7 @@ async fn kill_9_at_many_points_always_converges() {
     let files = FileServer::start(files_dir.path()).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let (key, _) = server.create_device("crash-1").await;
-    server
-        .service()
-        .request(Method::PATCH, "/twins/crash-1")
-        .json(&json!({"tags": {"ADUGroup": "crash"}}))
-        .send()
-        .await
-        .unwrap();
+    server.service().set_group("crash-1", "crash").await.unwrap();
     let settings = support::agent_settings(&server, "crash-1", &key, "crasher", &work.path().join("agent"), None);
     let config = work.path().join("agent.toml");
     std::fs::write(&config, settings.to_toml()).unwrap();

@@ -49,13 +49,7 @@ impl Fixture {
         change: impl FnOnce(&mut duhub_agent::settings::Settings),
     ) -> AgentProcess {
         let (key, _) = self.server.create_device(id).await;
-        self.server
-            .service()
-            .request(Method::PATCH, &format!("/twins/{id}"))
-            .json(&json!({"tags": {"ADUGroup": group}}))
-            .send()
-            .await
-            .unwrap();
+        self.server.service().set_group(id, group).await.unwrap();
         let data_dir = self.work.path().join(format!("agent-{id}"));
         let mut settings = support::agent_settings(&self.server, id, &key, model, &data_dir, root_keys);
         change(&mut settings);
@@ -222,14 +216,7 @@ async fn a_deployment_for_another_device_class_is_refused() {
             "deviceProperties": {"manufacturer": "contoso", "model": "toaster"}, "compatPropertyNames": "manufacturer,model"}}}))
         .await
         .unwrap();
-    fixture
-        .server
-        .service()
-        .request(Method::PATCH, "/twins/reference")
-        .json(&json!({"tags": {"ADUGroup": "ref"}}))
-        .send()
-        .await
-        .unwrap();
+    fixture.server.service().set_group("reference", "ref").await.unwrap();
     fixture.deploy("ref", "dep-ref", "toaster", "1.0").await;
     // Take the service object written for a toaster and give it to a kettle's agent directly.
     let service = loop {

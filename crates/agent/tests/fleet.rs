@@ -47,13 +47,7 @@ async fn many_agents_share_one_process_and_each_reports_its_own_result() {
     for i in 0..DEVICES {
         let id = format!("sim-{i:02}");
         let (key, _) = server.create_device(&id).await;
-        server
-            .service()
-            .request(Method::PATCH, &format!("/twins/{id}"))
-            .json(&json!({"tags": {"ADUGroup": "fleet"}}))
-            .send()
-            .await
-            .unwrap();
+        server.service().set_group(&id, "fleet").await.unwrap();
         let data_dir = work.path().join(&id);
         let mut settings = support::agent_settings(&server, &id, &key, "sim", &data_dir, None);
         let simulator_data = work.path().join(format!("{id}-simulator.json"));

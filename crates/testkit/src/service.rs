@@ -89,6 +89,12 @@ impl ServiceClient {
         self.expect_json(self.request(Method::GET, &device_path(device_id))).await
     }
 
+    /// Puts the device in Device Update group `group` (its twin's tag `ADUGroup`).
+    pub async fn set_group(&self, device_id: &str, group: &str) -> Result<Value> {
+        let tags = json!({"tags": {"ADUGroup": group}});
+        self.expect_json(self.request(Method::PATCH, &twin_path(device_id)).json(&tags)).await
+    }
+
     /// `GET /twins/{id}`.
     pub async fn twin(&self, device_id: &str) -> Result<Value> {
         self.expect_json(self.request(Method::GET, &twin_path(device_id))).await

@@ -282,12 +282,7 @@ async fn the_readme_flow_imports_deploys_and_watches_status() {
     // A device with an agent in group "lab".
     let service = node.service().unwrap();
     let (key, _) = service.create_device("toaster-1").await.unwrap();
-    service
-        .request(reqwest::Method::PATCH, "/twins/toaster-1")
-        .json(&json!({"tags": {"ADUGroup": "lab"}}))
-        .send()
-        .await
-        .unwrap();
+    service.set_group("toaster-1", "lab").await.unwrap();
     // The agent configuration the README hands to duhub-agent: complete and valid.
     let config = tokio::task::spawn_blocking({
         let admin = admin.clone();

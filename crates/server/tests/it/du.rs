@@ -74,13 +74,7 @@ async fn agent_device(server: &TestServer, id: &str, group: Option<&str>, model:
     let mut device = server.new_device(id).await;
     device.subscribe_desired().await.unwrap();
     if let Some(group) = group {
-        server
-            .service()
-            .request(Method::PATCH, &format!("/twins/{id}"))
-            .json(&json!({"tags": {"ADUGroup": group}}))
-            .send()
-            .await
-            .unwrap();
+        server.service().set_group(id, group).await.unwrap();
     }
     let (status, _) = device.patch_reported(&startup(model)).await.unwrap();
     assert_eq!(status, 204);
