@@ -74,9 +74,15 @@ pub struct ImportManifest {
     pub compatibility: Vec<IndexMap<String, String>>,
     /// How to install the update.
     pub instructions: Instructions,
-    /// Payload files; empty when every step is a reference step.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Payload files; empty when every step is a reference step (`files` missing, `[]` or
+    /// `null` in the JSON).
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ImportFile>,
+}
+
+/// `null` reads as an empty list.
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl ImportManifest {

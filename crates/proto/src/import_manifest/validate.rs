@@ -345,6 +345,16 @@ impl<'v> Checker<'v> {
     }
 
     fn files(&mut self, value: &'v Value, at: &Pointer) {
+        // The schemas' own description of `files`: "May be empty or null if all instruction
+        // steps are reference steps" (their `type` says array; the description is what the
+        // service accepts).
+        if value.is_null() {
+            if let Some(step) = self.facts.first_inline_step {
+                let message = format!("\"files\" is null, but step {step} is an inline step and needs files");
+                self.report.push(at, "filesRequired", message, Some(value));
+            }
+            return;
+        }
         let Some(files) = self.array(value, at, "files", FILES) else {
             return;
         };

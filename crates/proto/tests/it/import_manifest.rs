@@ -445,6 +445,37 @@ fn files_array() {
     );
 }
 
+/// Regression test for issue 10: the schemas describe `files` as "empty or null if all
+/// instruction steps are reference steps".
+#[test]
+fn files_may_be_null_only_when_every_step_is_a_reference_step() {
+    // With an inline step, null is one clear violation.
+    let with_inline_step = set(v5(), "/files", Value::Null);
+    check(&with_inline_step, &[("/files", "filesRequired")]);
+    assert_eq!(
+        validate(&with_inline_step)[0].message,
+        "\"files\" is null, but step 0 is an inline step and needs files"
+    );
+    check(&set(v4(), "/files", Value::Null), &[("/files", "filesRequired")]);
+    // With reference steps only, null is accepted like an empty or missing list.
+    let references_only = |version: Value| {
+        let reference = v5()["instructions"]["steps"][1].clone();
+        let manifest = set(v5(), "/instructions/steps", json!([reference]));
+        set(set(manifest, "/files", Value::Null), "/manifestVersion", version)
+    };
+    for version in ["5.0", "4.0"] {
+        let manifest = references_only(json!(version));
+        check(&manifest, &[]);
+        let parsed = parse(&manifest.to_string()).unwrap();
+        assert!(parsed.files.is_empty(), "{version}");
+        assert!(matches!(parsed.instructions.steps.as_slice(), [Step::Reference { .. }]), "{version}");
+        check(&set(manifest.clone(), "/files", json!([])), &[]);
+        check(&remove(manifest, "/files"), &[]);
+    }
+    // Any other non-array is still refused.
+    check(&set(references_only(json!("5.0")), "/files", json!("none")), &[("/files", "type")]);
+}
+
 #[test]
 fn file_members() {
     let file = "/files/1";
