@@ -101,7 +101,8 @@ impl Executor {
             downloader,
             handlers,
             device_properties,
-            data_dir: settings.data_dir.clone(),
+            // Handlers run in their own work folder: the paths they are given must not be relative.
+            data_dir: std::path::absolute(&settings.data_dir).unwrap_or_else(|_| settings.data_dir.clone()),
         })
     }
 

@@ -167,6 +167,7 @@ impl Agent {
     ) -> Result<SessionEnd, SessionError> {
         link.report(&self.startup_report().to_patch()).await?;
         link.report(&self.device_information.to_patch()).await?;
+        tracing::info!("reported the agent's properties; ready for deployments");
         flush(link, outbox, outbox_path).await?;
         let twin = link.get_twin().await?;
         if let Ok(Some(desired)) = DesiredService::locate(&twin) {

@@ -13,6 +13,11 @@
 //! [handlers]
 //! "contoso/firmware:1" = "/usr/lib/duhub/handlers/firmware"
 //! ```
+//!
+//! Relative paths in a settings file are relative to the file's directory; relative paths on
+//! the command line to the working directory. [`Settings::load`] makes them all absolute once,
+//! at start, so nothing later (a handler running in its own work folder, a restart from another
+//! directory) depends on the working directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -206,9 +211,24 @@ pub enum SettingsError {
 impl Settings {
     /// Reads a settings file: `du-config.json` (the official format; `extra` supplies the CA and
     /// root keys) when it ends in `.json`, else our TOML.
+    ///
+    /// Every path of the result is absolute: relative paths written in the file are taken from
+    /// the file's directory, relative paths of `extra` (the command line) from the working
+    /// directory (see [`Settings::resolve_paths`]). So the agent finds the same files whatever
+    /// directory it is started from, and handlers, which run in their own working directory,
+    /// are given paths that still point where the settings meant.
     pub fn load(path: &Path, extra: &Extra) -> Result<Self, SettingsError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+        let absolute = |path: &Path| {
+            std::path::absolute(path).map_err(|e| {
+                SettingsError::Invalid(format!(
+                    "cannot make {} absolute (is the working directory gone?): {e}",
+                    path.display()
+                ))
+            })
+        };
+        let config_dir = absolute(path)?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         let mut settings = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
             let official = crate::config::parse_official(&text)
                 .map_err(|source| SettingsError::Official { path: path.to_owned(), source })?;
@@ -222,14 +242,67 @@ impl Settings {
             toml::from_str::<Settings>(&text)
                 .map_err(|e| SettingsError::Toml { path: path.to_owned(), message: e.to_string() })?
         };
+        settings.resolve_paths(&config_dir);
         if let Some(ca) = &extra.ca_file {
-            settings.ca_file = Some(ca.clone());
+            settings.ca_file = Some(absolute(ca)?);
         }
         if let Some(keys) = &extra.root_keys_file {
-            settings.root_keys_file = Some(keys.clone());
+            settings.root_keys_file = Some(absolute(keys)?);
         }
         settings.check()?;
         Ok(settings)
+    }
+
+    /// Makes every relative path of the settings absolute by taking it from `base` (which
+    /// should be absolute: [`Settings::load`] gives the settings file's directory): `data_dir`,
+    /// `ca_file`, `root_keys_file`, `simulator_data_file`, `swupdate_config_file`, and the
+    /// programs (`[handlers]` executables, `apt_command`, the first word of `reboot_command`)
+    /// when they are paths. A program given by a bare name (`apt-get`, `reboot`: no `/`) is
+    /// left to be looked up in `PATH`, as a shell would.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        // Destructured without `..`: a new field must be decided on here.
+        let Self {
+            connection_string: _,
+            data_dir,
+            manufacturer: _,
+            model: _,
+            additional_device_properties: _,
+            compat_property_names: _,
+            transport: _,
+            mqtt_port: _,
+            https_port: _,
+            ca_pem: _,
+            ca_file,
+            root_keys: _,
+            root_keys_file,
+            use_production_roots: _,
+            root_key_package_url: _,
+            download_timeout_minutes: _,
+            handlers,
+            simulator_data_file,
+            apt_command,
+            swupdate_config_file,
+            reboot_command,
+        } = self;
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                let joined = base.join(&*path);
+                *path = std::path::absolute(&joined).unwrap_or(joined);
+            }
+        };
+        resolve(data_dir);
+        for path in [ca_file, root_keys_file, simulator_data_file, swupdate_config_file].into_iter().flatten() {
+            resolve(path);
+        }
+        let is_path = |program: &Path| program.components().count() > 1;
+        for program in handlers.values_mut().chain(apt_command.as_mut()).filter(|program| is_path(program)) {
+            resolve(program);
+        }
+        if let Some(program) = reboot_command.first_mut().filter(|program| is_path(Path::new(program.as_str()))) {
+            let mut path = PathBuf::from(program.as_str());
+            resolve(&mut path);
+            *program = path.to_string_lossy().into_owned();
+        }
     }
 
     /// Settings from the official configuration (its first agent, its data folder).
@@ -379,6 +452,62 @@ mod tests {
         let error = Settings::load(&path, &Extra::default()).unwrap_err().to_string();
         assert!(error.contains("Identity Service"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Regression test for issue 10: `agent-config` writes a relative `data_dir`, and a script
+    /// handler runs in its work folder, so a relative path reached it and named nothing.
+    #[test]
+    fn relative_paths_in_a_file_are_taken_from_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let site = root.path().join("site");
+        std::fs::create_dir_all(&site).unwrap();
+        let path = site.join("agent.toml");
+        let text = format!(
+            "{}ca_file = \"tls/ca.pem\"\nroot_keys_file = \"../keys/rootkeys.json\"\n\
+             simulator_data_file = \"sim.json\"\nswupdate_config_file = \"./swupdate.json\"\n\
+             apt_command = \"apt-get\"\nreboot_command = [\"bin/reboot\", \"now\"]\n\
+             [handlers]\n\"contoso/fw:1\" = \"handlers/fw\"\n\"contoso/on-path:1\" = \"fw-handler\"\n\
+             \"contoso/absolute:1\" = \"/usr/lib/fw\"\n",
+            minimal().replace("/tmp/a", "data")
+        );
+        std::fs::write(&path, text).unwrap();
+        let settings = Settings::load(&path, &Extra::default()).unwrap();
+        assert_eq!(settings.data_dir, site.join("data"));
+        assert_eq!(settings.ca_file, Some(site.join("tls/ca.pem")));
+        assert_eq!(settings.root_keys_file, Some(site.join("../keys/rootkeys.json")));
+        assert_eq!(settings.simulator_data_file, Some(site.join("sim.json")));
+        assert_eq!(settings.swupdate_config_file, Some(site.join("swupdate.json")));
+        assert_eq!(settings.handlers["contoso/fw:1"], site.join("handlers/fw"));
+        // Programs named without a directory are looked up in PATH, as a shell does.
+        assert_eq!(settings.handlers["contoso/on-path:1"], PathBuf::from("fw-handler"));
+        assert_eq!(settings.apt_command, Some(PathBuf::from("apt-get")));
+        assert_eq!(settings.handlers["contoso/absolute:1"], PathBuf::from("/usr/lib/fw"));
+        assert_eq!(settings.reboot_command, [site.join("bin/reboot").to_string_lossy().as_ref(), "now"]);
+
+        // Paths of the command line are taken from the working directory, and override the file's.
+        let extra = Extra { ca_file: Some("cli/ca.pem".into()), root_keys_file: Some("/etc/rootkeys.json".into()) };
+        let settings = Settings::load(&path, &extra).unwrap();
+        assert_eq!(settings.ca_file, Some(std::env::current_dir().unwrap().join("cli/ca.pem")));
+        assert_eq!(settings.root_keys_file, Some(PathBuf::from("/etc/rootkeys.json")));
+
+        // Absolute paths stay as they are, and resolving twice changes nothing.
+        let mut again = settings.clone();
+        again.resolve_paths(Path::new("/elsewhere"));
+        assert_eq!(again, settings);
+    }
+
+    #[test]
+    fn relative_paths_of_du_config_json_are_taken_from_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("du-config.json");
+        let official = r#"{"schemaVersion":"1.1","aduShellTrustedUsers":["adu"],"manufacturer":"contoso","model":"toaster",
+            "dataFolder":"adu-data","edgegatewayCertPath":"certs/gateway.pem","agents":[{"name":"main","runas":"adu",
+            "connectionSource":{"connectionType":"string","connectionData":"HostName=hub;DeviceId=d1;SharedAccessKey=a2V5"},
+            "manufacturer":"Contoso","model":"Toaster"}]}"#;
+        std::fs::write(&path, official).unwrap();
+        let settings = Settings::load(&path, &Extra::default()).unwrap();
+        assert_eq!(settings.data_dir, root.path().join("adu-data"));
+        assert_eq!(settings.ca_file, Some(root.path().join("certs/gateway.pem")));
     }
 
     #[test]
