@@ -74,13 +74,24 @@ pub fn governing<'a>(
 ) -> Option<&'a StoredDeployment> {
     deployments
         .iter()
-        .filter(|d| d.group_id == group && !d.is_cloud_initiated_rollback && d.start_date_time.as_str() <= now)
+        .filter(|d| d.group_id == group && !d.is_cloud_initiated_rollback && has_started(&d.start_date_time, now))
         .filter(|d| !d.excluded_subgroups.contains(class))
         .filter(|d| d.subgroups.contains_key(class) || fits(d))
-        .max_by(|a, b| {
-            (a.start_date_time.as_str(), a.created_date_time.as_str())
-                .cmp(&(b.start_date_time.as_str(), b.created_date_time.as_str()))
-        })
+        .max_by_key(|d| (instant(&d.start_date_time), instant(&d.created_date_time)))
+}
+
+/// Whether a deployment starting at `start` has started at `now` (both RFC 3339).
+pub fn has_started(start: &str, now: &str) -> bool {
+    instant(start) <= instant(now)
+}
+
+/// An RFC 3339 time as nanoseconds since 1970, for comparing: times are written with only the
+/// fractional digits they need (`...:15Z`, `...:15.25Z`), so their text does not sort (`.` <
+/// `Z`). Unreadable text sorts first.
+fn instant(text: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
 }
 
 /// What `device` should be told, given the deployment governing its subgroup: the rollback
@@ -332,6 +343,23 @@ mod tests {
         assert_eq!(chosen.deployment_id, "new");
         assert!(governing(&deployments, "g", "c", now, |_| false).is_none(), "nothing fits the class");
         assert!(governing(&deployments, "other", "c", now, |_| true).is_none());
+    }
+
+    /// Found with issue 10: a deployment created at 18:07:15.4 (start written as whole seconds)
+    /// waited for the next periodic pass, because `...:15Z` sorted after `...:15.4Z` as text.
+    #[test]
+    fn start_times_compare_as_times_not_text() {
+        let deployments = vec![deployment("now", "2026-12-06T18:07:15Z")];
+        let chosen = governing(&deployments, "g", "c", "2026-12-06T18:07:15.400000001Z", |_| true);
+        assert_eq!(chosen.map(|d| d.deployment_id.as_str()), Some("now"));
+        assert!(governing(&deployments, "g", "c", "2026-12-06T18:07:14.999Z", |_| true).is_none());
+        assert!(has_started("2026-12-06T18:07:15Z", "2026-12-06T18:07:15Z"));
+        assert!(has_started("2026-12-06T19:07:15+01:00", "2026-12-06T18:07:15.5Z"));
+        // The later start governs, whatever its digits.
+        let deployments =
+            vec![deployment("later", "2026-12-06T18:07:15.5Z"), deployment("earlier", "2026-12-06T18:07:15Z")];
+        let chosen = governing(&deployments, "g", "c", "2026-12-06T18:08:00Z", |_| true);
+        assert_eq!(chosen.map(|d| d.deployment_id.as_str()), Some("later"));
     }
 
     #[test]

@@ -5,12 +5,13 @@ mod auth;
 mod devices;
 pub mod du;
 mod error;
+mod query;
 mod twins;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 pub use error::ApiError;
 
@@ -29,6 +30,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/devices", get(devices::list))
+        .route(
+            "/devices/query",
+            post(query::query).get(query::get_device).put(query::put_device).delete(query::delete_device),
+        )
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
         .route(crate::ws::PATH, get(crate::ws::upgrade))

@@ -8,9 +8,11 @@
 //! nodes; a write is acknowledged only after its transaction commits.
 
 mod du;
+mod query;
 mod schema;
 
 pub use du::{ApiToken, FleetRow, Revisioned};
+pub use query::{QueriedTwin, TwinFilter};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,6 +13,7 @@ use duhub_testkit::Backend;
 mod connect;
 mod du;
 mod isolation;
+mod query;
 mod rest;
 #[cfg(feature = "object-store")]
 mod s3;
@@ -66,6 +67,7 @@ suite! {
     rest::devices_are_created_listed_read_and_deleted,
     rest::deleting_or_disabling_a_connected_device_disconnects_it,
     rest::a_device_disconnected_by_disabling_it_is_recorded_as_disconnected,
+    query::the_query_api_pages_twins_and_filters_by_tag,
     du::import_fetches_checks_and_signs,
     du::bad_imports_fail_with_a_reason_and_leave_nothing_behind,
     du::reference_steps_ship_child_manifests,

@@ -628,7 +628,7 @@ pub(super) async fn deployment_status(
             statuses.insert(class.clone(), (status.state, status.counts));
         }
     }
-    let started = deployment.start_date_time <= snapshot.now;
+    let started = crate::du::deploy::has_started(&deployment.start_date_time, &snapshot.now);
     Ok(Json(json!({
         "groupId": group,
         "deploymentState": deploy::deployment_state(&statuses, started),
