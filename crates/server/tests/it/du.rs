@@ -393,6 +393,26 @@ pub(crate) async fn a_deployment_reaches_devices_and_their_reports_drive_its_sta
     assert_eq!(compliance["onLatestUpdateDeviceCount"], 1, "the kettle has no update, so it is on its latest");
     assert_eq!(compliance["newUpdatesAvailableDeviceCount"], 3);
 
+    // An update that was never imported (a typo) is refused, not kept as a deployment that
+    // never reaches anyone; so is a rollback to one.
+    for (update, rollback) in [("2.1", "1.0"), ("2.0", "0.9")] {
+        let error = du
+            .expect(
+                Method::PUT,
+                "/management/groups/north/deployments/typo",
+                Some(&json!({"deploymentId": "typo", "groupId": "north", "startDateTime": "2026-01-01T00:00:00Z",
+                    "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": update}},
+                    "rollbackPolicy": {"update": {"updateId": {"provider": "contoso", "name": "toaster", "version": rollback}},
+                        "failure": {"devicesFailedPercentage": 50, "devicesFailedCount": 1}}})),
+                StatusCode::NOT_FOUND,
+            )
+            .await
+            .unwrap();
+        assert_eq!(error["error"]["code"], "NotFound", "{error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains("import it first"), "{error}");
+    }
+    du.expect(Method::GET, "/management/groups/north/deployments/typo", None, StatusCode::NOT_FOUND).await.unwrap();
+
     // Deploy 2.0 to north: both toasters get the signed manifest, the kettle and others nothing.
     let deployment = du
         .expect(

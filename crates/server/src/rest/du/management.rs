@@ -544,7 +544,14 @@ pub(super) async fn put_deployment(
                 .with_target("downloadSecurity"));
         }
     };
-    find_group(&state, &group).await?;
+    let (snapshot, _) = find_group(&state, &group).await?;
+    for (id, target) in
+        std::iter::once((&update, "update")).chain(rollback_policy.iter().map(|p| (&p.update, "rollbackPolicy")))
+    {
+        if snapshot.update(id).is_none() {
+            return Err(DuError::not_found(format!("update {id} not found: import it first")).with_target(target));
+        }
+    }
     let deployment = StoredDeployment {
         deployment_id: id,
         group_id: group,
