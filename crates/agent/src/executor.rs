@@ -300,7 +300,12 @@ impl Executor {
 impl JobRunner for Executor {
     fn run(&self, job: &Job, cancel: &AtomicBool) -> Outcome {
         match self.run_job(job, cancel) {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                if let Outcome::Succeeded { installed, .. } = &outcome {
+                    tracing::info!(update = %installed, "the deployment succeeded");
+                }
+                outcome
+            }
             Err(_) if cancel.load(Ordering::SeqCst) => Outcome::Cancelled,
             Err(failure) => {
                 tracing::warn!(
