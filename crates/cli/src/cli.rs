@@ -114,8 +114,15 @@ pub struct ServeArgs {
 pub enum DeviceCommand {
     /// Create a device identity with symmetric keys (generated unless given).
     Create(DeviceCreateArgs),
-    /// List device identities.
-    List(AdminArgs),
+    /// List the devices: status, connection, Device Update group, agent state, installed update.
+    ///
+    /// The group is the ADUGroup twin tag ($default for an untagged device whose agent has
+    /// reported, - for a device without agent). AGENT is what the agent last reported: idle,
+    /// deploying, or failed with its extended result code. Read page by page through IoT Hub's
+    /// query API. With --json: [{"deviceId", "status", "connectionState", "lastActivityTime",
+    /// "group", "agentState", "installedUpdate", "lastInstallResult"}].
+    #[command(after_help = "Examples:\n  duhub device list\n  duhub device list --group lab --json")]
+    List(DeviceListArgs),
     /// Show a device identity.
     Show(DeviceIdArgs),
     /// Delete a device identity and its twin.
@@ -127,6 +134,68 @@ pub enum DeviceCommand {
     #[command(after_help = "Examples:\n  duhub device agent-config toaster-1 --model toaster > agent.toml\n  \
                             duhub-agent --config agent.toml")]
     AgentConfig(AgentConfigArgs),
+    /// Set twin tags of a device; KEY= (empty value) removes a tag.
+    ///
+    /// Values are strings; a KEY with dots (location.site=berlin) sets a nested tag. Keys and
+    /// values follow IoT Hub's twin rules: names of at most 1024 bytes without '.', ' ', '$' or
+    /// control characters, values of at most 4096 bytes, at most 8 KB of tags in all. The
+    /// ADUGroup tag is the device's Device Update group (see `duhub device group`).
+    #[command(after_help = "Examples:\n  duhub device tag toaster-1 ADUGroup=lab location.site=berlin\n  \
+duhub device tag toaster-1 location=")]
+    Tag(DeviceTagArgs),
+    /// Put a device into a Device Update group, or back into the default one.
+    #[command(subcommand)]
+    Group(DeviceGroupCommand),
+}
+
+/// `duhub device group ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceGroupCommand {
+    /// Put a device into a group: set its ADUGroup twin tag. Deployments to the group reach it.
+    #[command(after_help = "Examples:\n  duhub device group set toaster-1 lab")]
+    Set(DeviceGroupSetArgs),
+    /// Take a device out of its group: remove its ADUGroup twin tag (it joins $default).
+    #[command(after_help = "Examples:\n  duhub device group clear toaster-1")]
+    Clear(DeviceIdArgs),
+}
+
+/// Arguments of `duhub device list`.
+#[derive(Debug, Args)]
+pub struct DeviceListArgs {
+    /// Only the devices whose ADUGroup tag is GROUP.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Where the server is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `duhub device tag`.
+#[derive(Debug, Args)]
+pub struct DeviceTagArgs {
+    /// Device id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Tags to set (KEY=VALUE) or remove (KEY=).
+    #[arg(required = true, value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Where the server is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `duhub device group set`.
+#[derive(Debug, Args)]
+pub struct DeviceGroupSetArgs {
+    /// Device id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Group id: the value of the ADUGroup tag.
+    #[arg(value_name = "GROUP")]
+    pub group: String,
+    /// Where the server is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Arguments of `duhub device agent-config`.
@@ -401,7 +470,8 @@ duhub deployment create line-1 toaster-1-0 --update Contoso/Toaster/1.0 \\\n    
     ///
     /// With --devices and --json: {"status", "deviceStates": [{"deviceClassId", "devices"}]}.
     #[command(after_help = "Examples:\n  duhub deployment status line-1 toaster-1-0\n  \
-duhub deployment status line-1 toaster-1-0 --devices")]
+duhub deployment status line-1 toaster-1-0 --devices\n  \
+duhub deployment status line-1 toaster-1-0 --wait --timeout 1800")]
     Status(DeploymentStatusArgs),
     /// Stop a deployment in one device class subgroup, or in all of its subgroups.
     ///
@@ -484,6 +554,13 @@ pub struct DeploymentStatusArgs {
     /// Also list every device of every subgroup with its state.
     #[arg(long)]
     pub devices: bool,
+    /// Wait until no device of the deployment is in progress any more (progress on stderr),
+    /// then show the status; exit 1 if a device failed or time ran out.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "wait")]
+    pub timeout: u64,
     /// Where the server is.
     #[command(flatten)]
     pub du: DuArgs,

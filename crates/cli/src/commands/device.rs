@@ -15,15 +15,18 @@ use crate::output::{Outcome, print_json};
 /// The IoT Hub service API version the SDKs send.
 const API_VERSION: &str = "2021-04-12";
 
+/// Twins per page of the query API.
+const QUERY_PAGE: &str = "1000";
+
 /// A REST client for the server named by `admin.json`.
-struct Service {
+pub(super) struct Service {
     admin: Admin,
     client: reqwest::Client,
     service: ConnectionString,
 }
 
 impl Service {
-    fn connect(args: &AdminArgs) -> Result<Self> {
+    pub(super) fn connect(args: &AdminArgs) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let path = args.admin.clone().unwrap_or_else(|| PathBuf::from("duhub-data/admin.json"));
         let admin = duhub_server::server::read_admin(&path).with_context(|| {
@@ -49,17 +52,54 @@ impl Service {
         self.service.sas_token(expiry).unwrap_or_default()
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+    pub(super) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+        Ok(self.exchange(method, path, body, &[]).await?.0)
+    }
+
+    /// Every twin a query of IoT Hub's query API selects, page by page.
+    pub(super) async fn query(&self, query: &str) -> Result<Vec<Value>> {
+        let mut twins = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut headers = vec![("x-ms-max-item-count", QUERY_PAGE.to_owned())];
+            if let Some(token) = continuation.take() {
+                headers.push(("x-ms-continuation", token));
+            }
+            let body = json!({ "query": query });
+            let (page, next) = self.exchange(reqwest::Method::POST, "/devices/query", Some(body), &headers).await?;
+            match page {
+                Some(Value::Array(page)) => twins.extend(page),
+                other => bail!("the query API answered {other:?}, not a list of twins"),
+            }
+            match next {
+                Some(token) => continuation = Some(token),
+                None => return Ok(twins),
+            }
+        }
+    }
+
+    /// One request: the answer's JSON and its `x-ms-continuation` header.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Result<(Option<Value>, Option<String>)> {
         let url = format!("{}{path}?api-version={API_VERSION}", self.admin.https_url);
         let mut request = self.client.request(method.clone(), &url).header("Authorization", self.authorization());
         if method == reqwest::Method::DELETE {
             request = request.header("If-Match", "\"*\"");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.with_context(|| format!("{method} {url}"))?;
         let status = response.status();
+        let continuation = response.headers().get("x-ms-continuation").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
             let message = serde_json::from_str::<Value>(&text)
@@ -68,11 +108,12 @@ impl Service {
                 .unwrap_or(text);
             bail!("{method} {path}: {status}: {message}");
         }
-        Ok(if text.is_empty() {
+        let value = if text.is_empty() {
             None
         } else {
             Some(serde_json::from_str(&text).context("the server's answer is not JSON")?)
-        })
+        };
+        Ok((value, continuation))
     }
 
     fn device_connection_string(&self, device: &Value) -> Option<String> {
@@ -82,7 +123,7 @@ impl Service {
     }
 }
 
-fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(super) fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?.block_on(future)
 }
 
@@ -120,26 +161,6 @@ pub(super) fn create(args: &DeviceCreateArgs) -> Result<Outcome> {
     let path = format!("/devices/{}", duhub_proto::sas::percent_encode(&args.id));
     let device = block_on(service.call(reqwest::Method::PUT, &path, Some(body)))?.unwrap_or_default();
     print_device(&service, device, args.admin.json)
-}
-
-pub(super) fn list(args: &AdminArgs) -> Result<Outcome> {
-    let service = Service::connect(args)?;
-    let devices = block_on(service.call(reqwest::Method::GET, "/devices", None))?.unwrap_or_else(|| json!([]));
-    if args.json {
-        print_json(&devices)?;
-        return Ok(Outcome::Success);
-    }
-    for device in devices.as_array().into_iter().flatten() {
-        let field = |p: &str| device.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
-        println!(
-            "{:<32} {:<9} {:<13} {}",
-            field("/deviceId"),
-            field("/status"),
-            field("/connectionState"),
-            field("/modelId")
-        );
-    }
-    Ok(Outcome::Success)
 }
 
 pub(super) fn show(args: &DeviceIdArgs) -> Result<Outcome> {

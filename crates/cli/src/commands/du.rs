@@ -70,17 +70,17 @@ fn string_list(array: Option<&Value>) -> String {
 
 /// A plain-text table: a header row and columns padded to their widest cell.
 #[derive(Debug)]
-struct Table {
+pub(super) struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(headers: &[&'static str]) -> Self {
+    pub(super) fn new(headers: &[&'static str]) -> Self {
         Self { headers: headers.to_vec(), rows: Vec::new() }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(super) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
@@ -111,7 +111,7 @@ impl Table {
     }
 
     /// Prints the table, or `empty` when it has no rows.
-    fn print(&self, empty: &str) {
+    pub(super) fn print(&self, empty: &str) {
         if self.rows.is_empty() {
             println!("{empty}");
         } else {

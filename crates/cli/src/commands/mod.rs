@@ -2,6 +2,7 @@
 //! (which becomes exit code 2, or 1 when the server refused a request).
 
 mod device;
+mod device_twin;
 mod du;
 mod keys;
 mod manifest;
@@ -12,8 +13,8 @@ use anyhow::Result;
 use clap::{ArgMatches, FromArgMatches as _};
 
 use crate::cli::{
-    Cli, Command, DeploymentCommand, DeviceClassCommand, DeviceCommand, GroupCommand, InitCommand, KeysCommand,
-    ManifestCommand, TokenCommand, UpdateCommand,
+    Cli, Command, DeploymentCommand, DeviceClassCommand, DeviceCommand, DeviceGroupCommand, GroupCommand, InitCommand,
+    KeysCommand, ManifestCommand, TokenCommand, UpdateCommand,
 };
 use crate::output::Outcome;
 
@@ -43,11 +44,14 @@ pub fn dispatch(matches: &ArgMatches) -> Result<Outcome> {
             Ok(Outcome::Success)
         }
         Command::Device(DeviceCommand::Create(args)) => device::create(&args),
-        Command::Device(DeviceCommand::List(args)) => device::list(&args),
+        Command::Device(DeviceCommand::List(args)) => device_twin::list(&args),
         Command::Device(DeviceCommand::Show(args)) => device::show(&args),
         Command::Device(DeviceCommand::Delete(args)) => device::delete(&args),
         Command::Device(DeviceCommand::ConnectionString(args)) => device::connection_string(&args),
         Command::Device(DeviceCommand::AgentConfig(args)) => device::agent_config(&args),
+        Command::Device(DeviceCommand::Tag(args)) => device_twin::tag(&args),
+        Command::Device(DeviceCommand::Group(DeviceGroupCommand::Set(args))) => device_twin::group_set(&args),
+        Command::Device(DeviceCommand::Group(DeviceGroupCommand::Clear(args))) => device_twin::group_clear(&args),
         Command::Group(GroupCommand::List(args)) => du::management::group_list(&args),
         Command::Group(GroupCommand::Show(args)) => du::management::group_show(&args),
         Command::DeviceClass(DeviceClassCommand::List(args)) => du::management::device_class_list(&args),

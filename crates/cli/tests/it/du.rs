@@ -245,9 +245,10 @@ async fn cli_json(args: Vec<String>) -> (i32, Value) {
     .unwrap()
 }
 
-/// The README's flow on a real `duhub serve`: import with the CLI (uploads), a device reports
-/// its agent, deploy with the CLI, the device gets the deployment, reports success, and the
-/// CLI's status and compliance show it.
+/// The Device Update commands on a real `duhub serve`, with a device played by the test: import
+/// with the CLI (uploads), a device reports its agent, deploy with the CLI, the device gets the
+/// deployment, reports success, and the CLI's status and compliance show it. (`readme.rs` runs
+/// the README's own commands with the real agent.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_flow_imports_deploys_and_watches_status() {
     let root = temp_dir();

@@ -159,3 +159,119 @@ pub(crate) fn toaster_import_manifest(dir: &Path) -> PathBuf {
         .success();
     write_file(dir, "toaster.importmanifest.json", &assert.get_output().stdout)
 }
+
+/// The built `duhub-agent`, beside `duhub`: `cargo test --workspace` builds every binary of the
+/// workspace before it runs a test, but `cargo test -p duhub` alone does not build it.
+pub(crate) fn agent_binary() -> PathBuf {
+    let duhub = Path::new(env!("CARGO_BIN_EXE_duhub"));
+    let agent = duhub.with_file_name(format!("duhub-agent{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        agent.is_file(),
+        "{} is missing: build it with `cargo build -p duhub-agent` (`cargo test --workspace` does)",
+        agent.display()
+    );
+    agent
+}
+
+/// Sets the environment of a process of a test: none of the caller's `DUHUB_*` settings or
+/// `RUST_LOG`, the built binaries first in `PATH`, and `vars`.
+pub(crate) fn test_environment(command: &mut std::process::Command, vars: &[(&str, &std::ffi::OsStr)]) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DUHUB_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_duhub")).parent().expect("the binary's directory");
+    let mut path = vec![bin_dir.to_path_buf()];
+    path.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
+    command.env("PATH", std::env::join_paths(path).expect("PATH"));
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+}
+
+/// A child process in a process group of its own (with what it starts), its stdout and stderr
+/// in a log file. Dropping it stops the group: SIGTERM, then SIGKILL after a few seconds.
+pub(crate) struct Process {
+    child: std::process::Child,
+    log: PathBuf,
+    what: String,
+}
+
+impl Process {
+    /// Starts `command`, logging to `log`.
+    pub(crate) fn start(command: &mut std::process::Command, log: &Path, what: &str) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let file = std::fs::File::create(log).unwrap();
+        command.stdin(std::process::Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).process_group(0);
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        Self { child, log: log.to_owned(), what: what.to_owned() }
+    }
+
+    /// What it printed so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its output shows `text`; panics if it exits first or `timeout` passes.
+    pub(crate) fn wait_for_output(&mut self, text: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log().contains(text) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited ({status}) before it printed {text:?}; its output:\n{}", self.what, self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not print {text:?} within {timeout:?}; its output:\n{}",
+                self.what,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for it to exit; `None` (after stopping it) when `timeout` passes first.
+    pub(crate) fn wait(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.stop();
+        None
+    }
+
+    /// Stops the process group: SIGTERM (what Ctrl-C or a service manager sends), then SIGKILL
+    /// to whatever is left after five seconds.
+    pub(crate) fn stop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let signal = |name: &str| {
+            let _ = std::process::Command::new("kill")
+                .args([name, "--", &group])
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal("-TERM");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        signal("-KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

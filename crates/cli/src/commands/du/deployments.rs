@@ -144,9 +144,28 @@ fn describe_deployment(deployment: &Value) -> String {
 
 pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome> {
     let client = DuClient::connect(&args.du)?;
-    let path = deployment_path(&args.group, &args.deployment);
-    let (status, device_states) = block_on(async {
-        let status = client.get(&format!("{path}/status")).await?;
+    let path = format!("{}/status", deployment_path(&args.group, &args.deployment));
+    let (status, device_states, timed_out) = block_on(async {
+        let mut status = client.get(&path).await?;
+        let mut timed_out = false;
+        if args.wait {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+            let bar = super::spinner(String::new(), super::show_progress(args.du.json));
+            loop {
+                let counts = Progress::of(&status);
+                bar.set_message(format!("deployment {}: {counts}", args.deployment));
+                if counts.finished() {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    timed_out = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                status = client.get(&path).await?;
+            }
+            bar.finish_and_clear();
+        }
         let mut device_states = Vec::new();
         if args.devices {
             for subgroup in status.get("subgroupStatus").and_then(Value::as_array).into_iter().flatten() {
@@ -157,21 +176,85 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
                 device_states.push(json!({"deviceClassId": class, "devices": devices}));
             }
         }
-        Ok((status, device_states))
+        Ok((status, device_states, timed_out))
     })?;
+    print_status(args, &status, &device_states)?;
+    if !args.wait {
+        return Ok(Outcome::Success);
+    }
+    let counts = Progress::of(&status);
+    if timed_out {
+        eprintln!(
+            "error: deployment {} of group {} still has devices to finish after {} s ({counts})",
+            args.deployment, args.group, args.timeout
+        );
+        return Ok(Outcome::Failed);
+    }
+    if counts.failed > 0 {
+        eprintln!("error: deployment {} failed on {} of {} devices", args.deployment, counts.failed, counts.total);
+        return Ok(Outcome::Failed);
+    }
+    Ok(Outcome::Success)
+}
+
+/// The device counts of a deployment status, over its subgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    total: u64,
+    in_progress: u64,
+    succeeded: u64,
+    failed: u64,
+    canceled: u64,
+}
+
+impl Progress {
+    fn of(status: &Value) -> Self {
+        let mut progress = Self::default();
+        for subgroup in status.get("subgroupStatus").and_then(Value::as_array).into_iter().flatten() {
+            let count = |name: &str| subgroup.get(name).and_then(Value::as_u64).unwrap_or(0);
+            progress.total += count("totalDevices");
+            progress.in_progress += count("devicesInProgressCount");
+            progress.succeeded += count("devicesCompletedSucceededCount");
+            progress.failed += count("devicesCompletedFailedCount");
+            progress.canceled += count("devicesCanceledCount");
+        }
+        progress
+    }
+
+    /// Whether the deployment reached devices and none of them is still in progress. (A
+    /// deployment whose group has no compatible device yet waits for one.)
+    fn finished(self) -> bool {
+        self.total > 0 && self.in_progress == 0
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.total == 0 {
+            return f.write_str("no device has joined it yet");
+        }
+        write!(
+            f,
+            "{} devices: {} in progress, {} succeeded, {} failed, {} canceled",
+            self.total, self.in_progress, self.succeeded, self.failed, self.canceled
+        )
+    }
+}
+
+fn print_status(args: &DeploymentStatusArgs, status: &Value, device_states: &[Value]) -> Result<()> {
     if args.du.json {
         if args.devices {
             print_json(&json!({"status": status, "deviceStates": device_states}))?;
         } else {
-            print_json(&status)?;
+            print_json(status)?;
         }
-        return Ok(Outcome::Success);
+        return Ok(());
     }
     println!(
         "deployment {} of group {}: {}",
         args.deployment,
-        text(&status, "/groupId"),
-        text(&status, "/deploymentState")
+        text(status, "/groupId"),
+        text(status, "/deploymentState")
     );
     if let Some(error) = status.get("error").filter(|e| e.is_object()) {
         println!("  error: {}", super::client::describe_error(error));
@@ -196,7 +279,7 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
     table.print("no device class subgroups");
     if args.devices {
         let mut table = Table::new(&["DEVICE CLASS", "DEVICE", "MODULE", "STATE", "RETRIES", "MOVED ON"]);
-        for subgroup in &device_states {
+        for subgroup in device_states {
             let class = text(subgroup, "/deviceClassId");
             for device in subgroup.get("devices").and_then(Value::as_array).into_iter().flatten() {
                 table.row(vec![
@@ -216,7 +299,7 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
         println!();
         table.print("no devices");
     }
-    Ok(Outcome::Success)
+    Ok(())
 }
 
 /// What `cancel` and `retry` do.
