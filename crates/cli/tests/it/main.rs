@@ -7,8 +7,10 @@
 
 mod cli;
 mod cluster;
+mod device;
 mod du;
 mod keys;
 mod manifest;
+mod readme;
 mod support;
 mod update;
