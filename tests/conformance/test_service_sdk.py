@@ -6,7 +6,7 @@ serviceConnectionString>)` with `REQUESTS_CA_BUNDLE=<ca.pem>`, exactly as a user
 
 import pytest
 from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import Twin, TwinProperties
+from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
 import support
@@ -190,6 +190,38 @@ def test_delete_unknown_device_is_404(registry):
     with pytest.raises(HttpOperationError) as raised:
         call(registry.delete_device, support.random_device_id("missing"))
     assert status_of(raised.value) == 404
+
+
+def test_query_iot_hub_pages_twins_and_filters_by_tag(registry, new_device):
+    ids = sorted(new_device()[0] for _ in range(3))
+    group = support.random_device_id("group")
+    for device_id in ids[:2]:
+        call(registry.update_twin, device_id, Twin(tags={"ADUGroup": group}))
+
+    def every(query, page):
+        spec = QuerySpecification(query=query)
+        result = call(registry.query_iot_hub, spec, None, page)
+        twins, pages = list(result.items), 1
+        while result.continuation_token:
+            result = call(registry.query_iot_hub, spec, result.continuation_token, page)
+            twins += result.items
+            pages += 1
+        assert result.type == "twin"
+        return twins, pages
+
+    twins, pages = every(f"SELECT * FROM devices WHERE tags.ADUGroup = '{group}'", 1)
+    assert [twin.device_id for twin in twins] == ids[:2]
+    assert pages == 2
+    assert all(twin.tags == {"ADUGroup": group} for twin in twins)
+    twins, _ = every("SELECT * FROM devices", 2)
+    listed = [twin.device_id for twin in twins]
+    assert set(ids) <= set(listed)
+    assert listed == sorted(listed)
+    assert all(twin.connection_state == "Disconnected" for twin in twins if twin.device_id in ids)
+
+    with pytest.raises(HttpOperationError) as raised:
+        call(registry.query_iot_hub, QuerySpecification(query="SELECT deviceId FROM devices"))
+    assert status_of(raised.value) == 400
 
 
 def _with_replaced(connection_string, **changes):
