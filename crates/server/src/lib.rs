@@ -5,6 +5,7 @@ pub mod config;
 pub mod du;
 pub mod fs;
 pub mod hub;
+pub mod ids;
 pub mod keystore;
 pub mod rest;
 pub mod server;

@@ -37,6 +37,8 @@ use futures_util::{Stream, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::sync::mpsc;
 
+use crate::ids::hex;
+
 #[cfg(feature = "object-store")]
 mod object;
 
@@ -384,7 +386,7 @@ impl ContentStore {
 
     fn create_staged(&self) -> Result<Staged, ContentError> {
         let mut random = [0u8; 16];
-        crate::store::fill_random(&mut random);
+        crate::ids::fill_random(&mut random);
         let path = self.staging.join(format!("{}.part", hex(&random)));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -844,16 +846,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use self::deploy::{Assignment, Counts, DeviceState};
 use self::fleet::{DeviceClass, DeviceView};
 use self::import::ImportItem;
 use self::model::{StoredDeployment, StoredUpdate, SubgroupState, update_key};
+use crate::ids::{new_uuid, now_rfc3339, now_service_timestamp, rfc3339};
 use crate::keystore::{KeyStore, Signer};
 use crate::store::{Store, StoreError};
 
@@ -566,7 +567,7 @@ impl DeviceUpdate {
             .filter(|d| deploy::device_state(&current, subgroup, d) == DeviceState::Failed)
             .map(|d| d.device_id.clone())
             .collect();
-        let timestamp = retry_timestamp();
+        let timestamp = now_service_timestamp();
         self.change_deployment(group, id, |d| {
             let subgroup = d.subgroups.get_mut(class).ok_or_else(|| {
                 ServiceError::NotFound(format!("deployment {id} has not reached device class {class}"))
@@ -912,31 +913,6 @@ fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ServiceError> 
     serde_json::from_str(body).map_err(|e| ServiceError::Corrupt(e.to_string()))
 }
 
-/// A random UUID (version 4) in its usual text form.
-pub fn new_uuid() -> String {
-    let mut bytes = [0u8; 16];
-    crate::store::fill_random(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
-}
-
-/// The current time as RFC 3339.
-pub fn now_rfc3339() -> String {
-    rfc3339(time::OffsetDateTime::now_utc())
-}
-
-fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-/// A retry timestamp as the service writes them: UTC with 7 fractional digits.
-fn retry_timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    duhub_proto::update_manifest::format_created_date_time(now.unix_timestamp(), now.nanosecond())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,13 +928,5 @@ mod tests {
             json!({"workflow": {"action": 3, "id": "b", "retryTimestamp": null}, "fileUrls": {"f3": "u3", "f1": null, "f2": null}})
         );
         assert_eq!(replacement(&Value::Null, json!({"a": 1})), json!({"a": 1}));
-    }
-
-    #[test]
-    fn uuids_are_version_4() {
-        let id = new_uuid();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
-        assert_ne!(id, new_uuid());
     }
 }

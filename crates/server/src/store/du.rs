@@ -9,7 +9,8 @@
 use base64::Engine as _;
 use sqlx::Row;
 
-use super::{Store, StoreError, now_rfc3339, token_hash};
+use super::{Store, StoreError, token_hash};
+use crate::ids::now_rfc3339;
 
 /// A twin as the Device Update service reads it.
 #[derive(Debug, Clone)]

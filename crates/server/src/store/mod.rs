@@ -23,6 +23,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::ids::{generate_key, generation_id, now_rfc3339};
+
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -991,32 +993,9 @@ fn check_key(key: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A fresh 256-bit key, base64.
-pub fn generate_key() -> String {
-    let mut bytes = [0u8; 32];
-    fill_random(&mut bytes);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 fn token_hash(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-}
-
-fn generation_id() -> String {
-    let mut bytes = [0u8; 8];
-    fill_random(&mut bytes);
-    u64::from_be_bytes(bytes).to_string()
-}
-
-/// Fills `bytes` from the system's secure random source.
-pub fn fill_random(bytes: &mut [u8]) {
-    use ring::rand::SecureRandom as _;
-    // Invariant: the system random source does not fail on supported platforms; a failure
-    // leaves zeros, which `check_key` would still accept, so fail loudly instead.
-    if ring::rand::SystemRandom::new().fill(bytes).is_err() {
-        panic!("the system random number generator failed");
-    }
 }
 
 fn etag_version(etag: &str) -> i64 {
@@ -1026,11 +1005,6 @@ fn etag_version(etag: &str) -> i64 {
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(i64::from_be_bytes)
         .unwrap_or(0)
-}
-
-/// The current UTC time, RFC 3339.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Creates the SQLite file with mode 0600 if it does not exist (it holds device keys); returns

@@ -77,7 +77,7 @@ async fn the_content_store_keeps_blobs_in_s3() {
     duhub_testkit::install_crypto_provider();
     let http = reqwest::Client::new();
     let mut random = [0u8; 6];
-    duhub_server::store::fill_random(&mut random);
+    duhub_server::ids::fill_random(&mut random);
     let bucket = format!("duhub-test-{}", hex(&random));
     let created = http.put(format!("{endpoint}/{bucket}")).send().await.unwrap();
     assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());

@@ -553,7 +553,7 @@ pub(super) async fn put_deployment(
         rollback_policy,
         is_cloud_initiated_rollback: false,
         download_security,
-        created_date_time: crate::du::now_rfc3339(),
+        created_date_time: crate::ids::now_rfc3339(),
         subgroups: BTreeMap::new(),
         excluded_subgroups: Default::default(),
         target_devices: None,
@@ -906,12 +906,10 @@ pub(super) async fn create_token(State(state): State<DuState>, body: axum::body:
         .and_then(Value::as_str)
         .filter(|n| (1..=128).contains(&n.chars().count()))
         .ok_or_else(|| DuError::bad_request("name must be a string of 1 to 128 characters").with_target("name"))?;
-    let mut bytes = [0u8; 32];
-    crate::store::fill_random(&mut bytes);
-    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    let token = crate::ids::generate_api_token();
     state.du.store().add_api_token(name, &token).await?;
     let id = crate::store::Store::api_token_id(&token);
-    let created = crate::du::now_rfc3339();
+    let created = crate::ids::now_rfc3339();
     Ok((StatusCode::CREATED, Json(json!({"id": id, "name": name, "token": token, "createdDateTime": created})))
         .into_response())
 }

@@ -91,7 +91,7 @@ impl From<StoreError> for DuError {
 impl IntoResponse for DuError {
     fn into_response(self) -> Response {
         let mut error =
-            json!({"code": self.code, "message": self.message, "occurredDateTime": crate::du::now_rfc3339()});
+            json!({"code": self.code, "message": self.message, "occurredDateTime": crate::ids::now_rfc3339()});
         if let Some(target) = self.target {
             error["target"] = target.into();
         }
