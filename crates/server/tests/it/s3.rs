@@ -9,7 +9,7 @@
 
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
-use duhub_server::du::content::{self, ContentError, ContentStore, Expected};
+use duhub_server::du::content::{ContentError, ContentStore, Expected};
 
 /// The S3 endpoint to test against, or `None` (after printing why) when there is none.
 fn s3_endpoint() -> Option<String> {
@@ -53,7 +53,7 @@ async fn get(store: &ContentStore, id: &str, method: Method, headers: &[(header:
     for (name, value) in headers {
         map.append(name, HeaderValue::from_str(value).unwrap());
     }
-    let response = content::serve_blob(store, id, "fw.swu", &method, &map).await;
+    let response = duhub_server::rest::du::serve_blob(store, id, "fw.swu", &method, &map).await;
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     Downloaded { status: parts.status, headers: parts.headers, body: body.to_vec() }

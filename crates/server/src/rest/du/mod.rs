@@ -6,9 +6,12 @@
 //! Every `/deviceUpdate` request passes [`guard`] first: a valid Bearer token (401), the
 //! configured instance id (404), a supported `api-version` (400).
 
+mod blob;
 mod filter;
 mod management;
 mod updates;
+
+pub use blob::serve_blob;
 
 use std::sync::Arc;
 
