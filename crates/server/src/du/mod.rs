@@ -24,8 +24,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use duhub_proto::twin::{DEVICE_UPDATE_COMPONENT, ServiceProperties, UpdateAction, Workflow, component_patch};
 use duhub_proto::update_id::UpdateId;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
 use self::content::ContentStore;
@@ -776,35 +777,37 @@ impl DeviceUpdate {
         assignment: &Assignment<'_>,
         device: &DeviceView,
     ) -> Result<Value, ServiceError> {
-        let mut workflow = json!({"action": assignment.action, "id": assignment.subgroup.workflow_id});
+        let mut workflow = Workflow::new(assignment.action, assignment.subgroup.workflow_id.clone());
         if let Some(timestamp) = assignment.retry_timestamp {
-            workflow["retryTimestamp"] = timestamp.into();
+            workflow = workflow.with_retry_timestamp(timestamp);
         }
-        let service = if assignment.action == 255 {
-            json!({
-                "workflow": workflow,
-                "rootKeyPackageUrl": self.root_key_package_url(),
-                "updateManifest": null, "updateManifestSignature": null, "fileUrls": null,
-            })
+        let service = if assignment.action == UpdateAction::Cancel {
+            ServiceProperties {
+                workflow: Some(workflow),
+                root_key_package_url: Some(self.root_key_package_url()),
+                ..ServiceProperties::default()
+            }
         } else {
             let update = snapshot.update(&assignment.deployment.update).ok_or_else(|| {
                 ServiceError::NotFound(format!("update {} is not imported", assignment.deployment.update))
             })?;
-            let mut file_urls = Map::new();
             let children = update.references.iter().filter_map(|r| snapshot.update(r));
-            for file in update.files.iter().chain(children.flat_map(|c| c.files.iter())) {
-                file_urls.insert(file.file_id.clone(), self.file_url(&file.blob, &file.file_name).into());
-            }
-            json!({
-                "workflow": workflow,
-                "rootKeyPackageUrl": self.root_key_package_url(),
-                "updateManifest": update.update_manifest,
-                "updateManifestSignature": update.update_manifest_signature,
-                "fileUrls": file_urls,
-            })
+            let file_urls = update
+                .files
+                .iter()
+                .chain(children.flat_map(|c| c.files.iter()))
+                .map(|file| (file.file_id.clone(), self.file_url(&file.blob, &file.file_name)));
+            ServiceProperties::deployment(
+                workflow,
+                Some(self.root_key_package_url()),
+                update.update_manifest.clone(),
+                update.update_manifest_signature.clone(),
+                file_urls,
+            )
         };
+        let service = serde_json::to_value(&service).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
         let service = replacement(&device.desired_service, service);
-        Ok(json!({"deviceUpdate": {"__t": "c", "service": service}}))
+        Ok(component_patch(DEVICE_UPDATE_COMPONENT, [("service".to_owned(), service)]))
     }
 }
 
