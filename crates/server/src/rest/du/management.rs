@@ -16,6 +16,7 @@ use super::{ApiVersion, DuError, DuState, accepted, page, query_param};
 use crate::du::deploy::{self, Counts};
 use crate::du::fleet::{DEFAULT_GROUP, DeviceClass, DeviceView};
 use crate::du::model::{RollbackPolicy, StoredDeployment, update_id_json};
+use crate::du::status::Compliance;
 use crate::du::{DEVICE_OPERATION, Snapshot};
 
 type GroupPath = Path<(String, String)>;
@@ -241,10 +242,19 @@ pub(super) async fn get_device_module(Path((_, device, module)): SubgroupPath) -
     DuError::not_found(format!("module {module} of device {device} not found: module identities are not supported yet"))
 }
 
+/// The REST `UpdateCompliance`.
+fn compliance_json(compliance: Compliance) -> Value {
+    json!({
+        "totalDeviceCount": compliance.total, "onLatestUpdateDeviceCount": compliance.on_latest,
+        "newUpdatesAvailableDeviceCount": compliance.new_updates_available,
+        "updatesInProgressDeviceCount": compliance.updates_in_progress,
+    })
+}
+
 /// #21.
 pub(super) async fn compliance(State(state): State<DuState>) -> Result<Json<Value>, DuError> {
     let snapshot = state.du.snapshot().await?;
-    Ok(Json(snapshot.compliance(&snapshot.devices)))
+    Ok(Json(compliance_json(snapshot.compliance(&snapshot.devices))))
 }
 
 // ----- groups ------------------------------------------------------------------------------------
@@ -258,9 +268,9 @@ fn group_json(snapshot: &Snapshot, id: &str, created: &str) -> Value {
     let (mut new_available, mut in_progress, mut on_latest) = (0, 0, 0);
     for members in classes.values() {
         let compliance = snapshot.compliance(members.iter().copied());
-        if compliance["updatesInProgressDeviceCount"].as_u64().unwrap_or(0) > 0 {
+        if compliance.updates_in_progress > 0 {
             in_progress += 1;
-        } else if compliance["newUpdatesAvailableDeviceCount"].as_u64().unwrap_or(0) > 0 {
+        } else if compliance.new_updates_available > 0 {
             new_available += 1;
         } else {
             on_latest += 1;
@@ -370,7 +380,7 @@ pub(super) async fn group_compliance(
     Path((_, id)): GroupPath,
 ) -> Result<Json<Value>, DuError> {
     let (snapshot, _) = find_group(&state, &id).await?;
-    Ok(Json(snapshot.compliance(snapshot.group_devices(&id))))
+    Ok(Json(compliance_json(snapshot.compliance(snapshot.group_devices(&id)))))
 }
 
 fn best_updates_json(snapshot: &Snapshot, group: &str, class: &DeviceClass, members: &[&DeviceView]) -> Option<Value> {
@@ -714,7 +724,7 @@ pub(super) async fn subgroup_compliance(
 ) -> Result<Json<Value>, DuError> {
     subgroup_created(&state, &group, &class).await?;
     let snapshot = state.du.snapshot().await?;
-    Ok(Json(snapshot.compliance(snapshot.devices.iter().filter(|d| d.group_id == group && d.class.id == class))))
+    Ok(Json(compliance_json(snapshot.subgroup_compliance(&group, &class))))
 }
 
 /// #36.
