@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::du::content::ContentStore;
 use crate::du::{DeviceUpdate, DuSettings};
 use crate::hub::{Hub, HubSettings};
-use crate::rest::{self, AppState};
 use crate::store::Store;
 use crate::tls::TlsFiles;
 
@@ -158,8 +157,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         tasks.spawn(accept_mqtt(listener, None, hub.clone(), stopped.clone()));
     }
     tasks.spawn(du.clone().run(stopped.clone()));
-    let app = rest::router(AppState { hub: hub.clone(), hostname: config.hostname.clone() })
-        .merge(rest::du::router(rest::du::DuState { du: du.clone() }));
+    let app = crate::app::app(hub.clone(), du.clone(), config.hostname.clone());
     tasks.spawn(accept_https(https_listener, acceptor, app, stopped));
     Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, du, stop, tasks })
 }
