@@ -67,7 +67,7 @@ async fn kill_9_at_many_points_always_converges() {
 
     // A payload large enough that a download is under way for a while.
     let mut payload = vec![0u8; 48 * 1024 * 1024];
-    duhub_server::store::fill_random(&mut payload[..4096]);
+    duhub_server::ids::fill_random(&mut payload[..4096]);
     for (i, chunk) in payload.chunks_mut(4096).enumerate() {
         chunk[0] = (i % 251) as u8;
     }

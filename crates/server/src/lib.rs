@@ -1,10 +1,12 @@
 //! The duhub server: device registry, device twins, the IoT Hub compatible MQTT endpoint for
 //! devices and the REST APIs for operators and services.
 
+pub mod app;
 pub mod config;
 pub mod du;
 pub mod fs;
 pub mod hub;
+pub mod ids;
 pub mod keystore;
 pub mod rest;
 pub mod server;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use base64::Engine as _;
 use duhub_proto::connection_string::ConnectionString;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,8 +19,7 @@ use crate::config::Config;
 use crate::du::content::ContentStore;
 use crate::du::{DeviceUpdate, DuSettings};
 use crate::hub::{Hub, HubSettings};
-use crate::rest::{self, AppState};
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::tls::TlsFiles;
 
 /// The shared access policy with all rights, as IoT Hub names it.
@@ -100,7 +98,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         tracing::info!(ca = %tls.ca_cert.display(), "created the TLS certificates");
     }
     let acceptor = TlsAcceptor::from(tls.server_config()?);
-    let node_id = format!("{:016x}", random_u64());
+    let node_id = format!("{:016x}", crate::ids::random_u64());
     let store = Store::open(&config.database_url, &node_id)
         .await
         .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;
@@ -120,11 +118,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     let admin_path = config.data_dir.join("admin.json");
     let api_token = match read_admin(&admin_path) {
         Some(previous) => previous.api_token,
-        None => {
-            let mut bytes = [0u8; 32];
-            store::fill_random(&mut bytes);
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        }
+        None => crate::ids::generate_api_token(),
     };
     store.add_api_token("admin", &api_token).await?;
     let host_with_port =
@@ -163,8 +157,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         tasks.spawn(accept_mqtt(listener, None, hub.clone(), stopped.clone()));
     }
     tasks.spawn(du.clone().run(stopped.clone()));
-    let app = rest::router(AppState { hub: hub.clone(), hostname: config.hostname.clone() })
-        .merge(rest::du::router(rest::du::DuState { du: du.clone() }));
+    let app = crate::app::app(hub.clone(), du.clone(), config.hostname.clone());
     tasks.spawn(accept_https(https_listener, acceptor, app, stopped));
     Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, du, stop, tasks })
 }
@@ -269,12 +262,6 @@ async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router
         }
     })
     .await;
-}
-
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    store::fill_random(&mut bytes);
-    u64::from_be_bytes(bytes)
 }
 
 /// A database URL without its password, for messages.

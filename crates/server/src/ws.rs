@@ -4,31 +4,38 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use axum::Extension;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
 use bytes::{Buf as _, Bytes};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::rest::AppState;
+use crate::hub::Hub;
 
 /// The WebSocket path of IoT Hub's MQTT endpoint.
 pub const PATH: &str = "/$iothub/websocket";
 
+/// The route of the WebSocket endpoint.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new().route(PATH, get(upgrade)).with_state(hub)
+}
+
 /// Upgrades to a WebSocket speaking MQTT and serves it as a device connection.
 pub async fn upgrade(
-    State(state): State<AppState>,
+    State(hub): State<Arc<Hub>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(p))| p).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     ws.protocols(["mqtt"])
-        .max_message_size(state.hub.settings().max_packet_bytes + 16)
-        .on_upgrade(move |socket| async move { state.hub.clone().serve(WsStream::new(socket), peer).await })
+        .max_message_size(hub.settings().max_packet_bytes + 16)
+        .on_upgrade(move |socket| async move { hub.serve(WsStream::new(socket), peer).await })
 }
 
 /// A WebSocket seen as a byte stream: binary messages in, binary messages out.

@@ -90,6 +90,6 @@ pub fn tls_client_config(ca_pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConf
 /// Random hex digits (`bytes` random bytes), for unique names.
 pub fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
-    duhub_server::store::fill_random(&mut buffer);
+    duhub_server::ids::fill_random(&mut buffer);
     buffer.iter().map(|b| format!("{b:02x}")).collect()
 }

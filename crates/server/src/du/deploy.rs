@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use duhub_proto::result::ResultCode;
+use duhub_proto::twin::{AgentState, UpdateAction};
 use serde::Serialize;
 
 use super::fleet::DeviceView;
@@ -47,8 +49,8 @@ pub struct Assignment<'a> {
     pub deployment: &'a StoredDeployment,
     /// Its subgroup state for the device's class.
     pub subgroup: &'a SubgroupState,
-    /// 3 (process) or 255 (cancel).
-    pub action: i64,
+    /// Process the deployment, or cancel it.
+    pub action: UpdateAction,
     /// `retryTimestamp` for this device.
     pub retry_timestamp: Option<&'a str>,
 }
@@ -122,7 +124,7 @@ fn for_subgroup<'a>(
     Assignment {
         deployment,
         subgroup,
-        action: if subgroup.canceled { 255 } else { 3 },
+        action: if subgroup.canceled { UpdateAction::Cancel } else { UpdateAction::ProcessDeployment },
         retry_timestamp: if retried { subgroup.retry_timestamp.as_deref() } else { None },
     }
 }
@@ -138,7 +140,7 @@ pub fn device_state(deployment: &StoredDeployment, subgroup: &SubgroupState, dev
             && installed.name.eq_ignore_ascii_case(&deployment.update.name)
             && installed.version == deployment.update.version
     });
-    if reported_here && state == Some(255) {
+    if reported_here && state == Some(AgentState::Failed) {
         return DeviceState::Failed;
     }
     if installed_here {
@@ -146,9 +148,11 @@ pub fn device_state(deployment: &StoredDeployment, subgroup: &SubgroupState, dev
     }
     if reported_here {
         match (state, device.reported_result()) {
-            (Some(6), _) => return DeviceState::InProgress,
-            (Some(0), Some(-1)) => return DeviceState::Canceled,
-            (Some(0), Some(code)) if code > 0 && code != 200 && !subgroup.canceled => return DeviceState::Failed,
+            (Some(AgentState::DeploymentInProgress), _) => return DeviceState::InProgress,
+            (Some(AgentState::Idle), Some(ResultCode::FAILURE_CANCELLED)) => return DeviceState::Canceled,
+            (Some(AgentState::Idle), Some(code)) if code.0 > 0 && code != ResultCode::IDLE && !subgroup.canceled => {
+                return DeviceState::Failed;
+            }
             _ => {}
         }
     }

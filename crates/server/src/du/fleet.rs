@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use duhub_proto::twin::AgentProperties;
+use duhub_proto::result::ResultCode;
+use duhub_proto::twin::{AgentProperties, AgentState, UpdateAction, Workflow};
 use duhub_proto::update_id::UpdateId;
 use serde_json::{Value, json};
 
@@ -72,17 +73,6 @@ fn canonical_name(name: &str) -> String {
     }
 }
 
-/// What the service last wrote to a device's `deviceUpdate.service`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DesiredWorkflow {
-    /// `workflow.action`.
-    pub action: Option<i64>,
-    /// `workflow.id`.
-    pub id: Option<String>,
-    /// `workflow.retryTimestamp`.
-    pub retry_timestamp: Option<String>,
-}
-
 /// A device running a Device Update agent.
 #[derive(Debug, Clone)]
 pub struct DeviceView {
@@ -98,8 +88,9 @@ pub struct DeviceView {
     pub agent: AgentProperties,
     /// The installed update, parsed.
     pub installed: Option<UpdateId>,
-    /// What the service last wrote.
-    pub desired: DesiredWorkflow,
+    /// The workflow the service last wrote to `deviceUpdate.service` (members of the wrong
+    /// type read as absent).
+    pub desired: Workflow,
     /// The desired `deviceUpdate.service` object as stored (for replacement patches).
     pub desired_service: Value,
 }
@@ -130,8 +121,8 @@ impl DeviceView {
         let installed = agent.installed_update_id.as_deref().and_then(UpdateId::from_installed_update_id);
         let desired_service = row.desired.pointer("/deviceUpdate/service").cloned().unwrap_or(Value::Null);
         let workflow = desired_service.get("workflow");
-        let desired = DesiredWorkflow {
-            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64),
+        let desired = Workflow {
+            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
             id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
             retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
         };
@@ -152,14 +143,14 @@ impl DeviceView {
         self.agent.workflow.as_ref().and_then(|w| w.id.as_deref())
     }
 
-    /// The reported state code (0, 6, 255, …).
-    pub fn reported_state(&self) -> Option<i64> {
-        self.agent.state.map(|s| s.code())
+    /// The reported agent state.
+    pub fn reported_state(&self) -> Option<AgentState> {
+        self.agent.state
     }
 
     /// The reported overall result code.
-    pub fn reported_result(&self) -> Option<i32> {
-        self.agent.last_install_result.as_ref().map(|r| r.result_code.0)
+    pub fn reported_result(&self) -> Option<ResultCode> {
+        self.agent.last_install_result.as_ref().map(|r| r.result_code)
     }
 }
 

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use super::content::{Blob, ContentError, Expected};
 use super::model::{FileKind, StoredFile, StoredUpdate, update_key};
-use super::{DeviceUpdate, ServiceError, now_rfc3339};
+use super::{DeviceUpdate, ServiceError};
+use crate::ids::now_rfc3339;
 
 /// Most items of one import request (the swagger's limit).
 pub const MAX_ITEMS: usize = 11;
@@ -361,7 +362,7 @@ impl DeviceUpdate {
             manifest_version: manifest.manifest_version.as_str().to_owned(),
             created_date_time: manifest.created_date_time.clone(),
             imported_date_time: now_rfc3339(),
-            etag: super::new_uuid(),
+            etag: crate::ids::new_uuid(),
             update_manifest: twin_manifest.json().to_owned(),
             update_manifest_signature: signature,
             full_manifest: generated.json.clone(),

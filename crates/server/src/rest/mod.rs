@@ -26,7 +26,8 @@ pub struct AppState {
     pub hostname: String,
 }
 
-/// The REST router.
+/// The router of the IoT Hub service REST subset (see [`crate::app::app`] for the whole
+/// HTTPS side).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/devices", get(devices::list))
@@ -36,6 +37,5 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
-        .route(crate::ws::PATH, get(crate::ws::upgrade))
         .with_state(state)
 }

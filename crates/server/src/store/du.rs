@@ -1,15 +1,15 @@
 //! Device Update records: updates, long-running operations, deployments, groups and device
-//! classes, and API tokens.
+//! classes.
 //!
 //! Records are JSON documents in a `body` column keyed by their ids, so that both backends run
 //! the same SQL and the record types live with the service ([`crate::du`]), not here.
 //! Deployments carry a `revision`: a change is a compare-and-swap on it, so that several nodes
 //! reconciling the same deployment never overwrite each other's workflow ids.
 
-use base64::Engine as _;
 use sqlx::Row;
 
-use super::{Store, StoreError, now_rfc3339, token_hash};
+use super::{Store, StoreError};
+use crate::ids::now_rfc3339;
 
 /// A twin as the Device Update service reads it.
 #[derive(Debug, Clone)]
@@ -33,19 +33,6 @@ pub struct Revisioned {
     pub body: String,
     /// Compare-and-swap revision.
     pub revision: i64,
-}
-
-/// An API token as listed (the token itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiToken {
-    /// Short id: the first 16 hex digits of the token's SHA-256.
-    pub id: String,
-    /// Name given at creation.
-    pub name: String,
-    /// Creation time.
-    pub created: String,
-    /// Revocation time.
-    pub revoked: Option<String>,
 }
 
 fn parse_json(text: &str) -> Result<serde_json::Value, StoreError> {
@@ -300,51 +287,4 @@ impl Store {
             .await?;
         Ok(result.rows_affected() > 0)
     }
-
-    // ----- API tokens --------------------------------------------------------------------------
-
-    /// Every API token, oldest first.
-    pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
-        let rows = sqlx::query("SELECT token_sha256, name, created_at, revoked_at FROM api_tokens ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApiToken {
-                    id: token_id(&r.try_get::<String, _>("token_sha256")?),
-                    name: r.try_get("name")?,
-                    created: r.try_get("created_at")?,
-                    revoked: r.try_get("revoked_at")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Revokes the token with short id `id`; whether one was revoked.
-    pub async fn revoke_api_token(&self, id: &str) -> Result<bool, StoreError> {
-        let rows =
-            sqlx::query("SELECT token_sha256 FROM api_tokens WHERE revoked_at IS NULL").fetch_all(&self.pool).await?;
-        for row in rows {
-            let hash: String = row.try_get("token_sha256")?;
-            if token_id(&hash) == id {
-                sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE token_sha256 = $1")
-                    .bind(&hash)
-                    .bind(now_rfc3339())
-                    .execute(&self.pool)
-                    .await?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// The short id of `token`.
-    pub fn api_token_id(token: &str) -> String {
-        token_id(&token_hash(token))
-    }
-}
-
-fn token_id(stored_hash: &str) -> String {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(stored_hash).unwrap_or_default();
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

@@ -4,7 +4,8 @@
 
 use sqlx::Row as _;
 
-use super::{Backend, Store, StoreError, Twin, twin_from_row};
+use super::twins::twin_from_row;
+use super::{Backend, Store, StoreError, Twin};
 
 /// A twin as the query API lists it, with the device facts it shows beside the twin.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,7 +9,7 @@
 
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
-use duhub_server::du::content::{self, ContentError, ContentStore, Expected};
+use duhub_server::du::content::{ContentError, ContentStore, Expected};
 
 /// The S3 endpoint to test against, or `None` (after printing why) when there is none.
 fn s3_endpoint() -> Option<String> {
@@ -53,7 +53,7 @@ async fn get(store: &ContentStore, id: &str, method: Method, headers: &[(header:
     for (name, value) in headers {
         map.append(name, HeaderValue::from_str(value).unwrap());
     }
-    let response = content::serve_blob(store, id, "fw.swu", &method, &map).await;
+    let response = duhub_server::rest::du::serve_blob(store, id, "fw.swu", &method, &map).await;
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     Downloaded { status: parts.status, headers: parts.headers, body: body.to_vec() }
@@ -77,7 +77,7 @@ async fn the_content_store_keeps_blobs_in_s3() {
     duhub_testkit::install_crypto_provider();
     let http = reqwest::Client::new();
     let mut random = [0u8; 6];
-    duhub_server::store::fill_random(&mut random);
+    duhub_server::ids::fill_random(&mut random);
     let bucket = format!("duhub-test-{}", hex(&random));
     let created = http.put(format!("{endpoint}/{bucket}")).send().await.unwrap();
     assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());

@@ -26,7 +26,7 @@ where
 
 /// A fresh random key, base64 of 32 bytes (what the server generates).
 pub(crate) fn random_key() -> String {
-    duhub_server::store::generate_key()
+    duhub_server::ids::generate_key()
 }
 
 /// A patch with `n` objects nested below its root: `{"k": {"k": ... {"k": 1}}}` with `n` + 1

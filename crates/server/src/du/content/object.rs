@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt as _;
@@ -148,11 +148,11 @@ impl ObjectBlobs {
         Ok(result.bytes().await?.to_vec())
     }
 
-    /// A response body streaming `length` (at least 1) bytes of blob `id` from `start`.
-    pub(super) async fn body(&self, id: &str, start: u64, length: u64) -> Result<Body, ContentError> {
+    /// A stream of `length` (at least 1) bytes of blob `id` from `start`.
+    pub(super) async fn range(&self, id: &str, start: u64, length: u64) -> Result<super::ByteStream, ContentError> {
         let options = GetOptions { range: Some(GetRange::Bounded(start..start + length)), ..GetOptions::default() };
         match self.store.get_opts(&self.location(id), options).await {
-            Ok(result) => Ok(Body::from_stream(result.into_stream())),
+            Ok(result) => Ok(Box::pin(result.into_stream().map_err(std::io::Error::other))),
             Err(object_store::Error::NotFound { .. }) => Err(ContentError::NotFound(id.to_owned())),
             Err(error) => Err(error.into()),
         }

@@ -6,9 +6,12 @@
 //! Every `/deviceUpdate` request passes [`guard`] first: a valid Bearer token (401), the
 //! configured instance id (404), a supported `api-version` (400).
 
+mod blob;
 mod filter;
 mod management;
 mod updates;
+
+pub use blob::serve_blob;
 
 use std::sync::Arc;
 
@@ -91,7 +94,7 @@ impl From<StoreError> for DuError {
 impl IntoResponse for DuError {
     fn into_response(self) -> Response {
         let mut error =
-            json!({"code": self.code, "message": self.message, "occurredDateTime": crate::du::now_rfc3339()});
+            json!({"code": self.code, "message": self.message, "occurredDateTime": crate::ids::now_rfc3339()});
         if let Some(target) = self.target {
             error["target"] = target.into();
         }
@@ -119,54 +122,68 @@ pub fn router(state: DuState) -> Router {
         .route(&format!("{v}/files/{{file}}"), get(updates::get_file))
         .route(&format!("{u}/operations"), get(updates::list_operations))
         .route(&format!("{u}/operations/{{operation}}"), get(updates::get_operation))
-        .route(&format!("{m}/deviceClasses"), get(management::list_device_classes))
+        .route(&format!("{m}/deviceClasses"), get(management::classes::list_device_classes))
         .route(
             &format!("{m}/deviceClasses/{{class}}"),
-            get(management::get_device_class)
-                .patch(management::update_device_class)
-                .delete(management::delete_device_class),
+            get(management::classes::get_device_class)
+                .patch(management::classes::update_device_class)
+                .delete(management::classes::delete_device_class),
         )
-        .route(&format!("{m}/deviceClasses/{{class}}/installableUpdates"), get(management::installable_updates))
-        .route(&format!("{m}/devices"), get(management::list_devices))
-        .route(&format!("{m}/devices:import"), post(management::import_devices))
-        .route(&format!("{m}/devices/{{device}}"), get(management::get_device))
-        .route(&format!("{m}/devices/{{device}}/modules/{{module}}"), get(management::get_device_module))
-        .route(&format!("{m}/updateCompliance"), get(management::compliance))
-        .route(&format!("{m}/groups"), get(management::list_groups))
-        .route(&g, get(management::get_group).delete(management::delete_group))
-        .route(&format!("{g}/updateCompliance"), get(management::group_compliance))
-        .route(&format!("{g}/bestUpdates"), get(management::group_best_updates))
-        .route(&format!("{g}/deployments"), get(management::list_group_deployments))
+        .route(
+            &format!("{m}/deviceClasses/{{class}}/installableUpdates"),
+            get(management::classes::installable_updates),
+        )
+        .route(&format!("{m}/devices"), get(management::devices::list_devices))
+        .route(&format!("{m}/devices:import"), post(management::devices::import_devices))
+        .route(&format!("{m}/devices/{{device}}"), get(management::devices::get_device))
+        .route(&format!("{m}/devices/{{device}}/modules/{{module}}"), get(management::devices::get_device_module))
+        .route(&format!("{m}/updateCompliance"), get(management::compliance::compliance))
+        .route(&format!("{m}/groups"), get(management::groups::list_groups))
+        .route(&g, get(management::groups::get_group).delete(management::groups::delete_group))
+        .route(&format!("{g}/updateCompliance"), get(management::compliance::group_compliance))
+        .route(&format!("{g}/bestUpdates"), get(management::groups::group_best_updates))
+        .route(&format!("{g}/deployments"), get(management::deployments::list_group_deployments))
         .route(
             &format!("{g}/deployments/{{deployment}}"),
-            get(management::get_deployment).put(management::put_deployment).delete(management::delete_deployment),
+            get(management::deployments::get_deployment)
+                .put(management::deployments::put_deployment)
+                .delete(management::deployments::delete_deployment),
         )
-        .route(&format!("{g}/deployments/{{deployment}}/status"), get(management::deployment_status))
-        .route(&format!("{g}/deviceClassSubgroups"), get(management::list_subgroups))
-        .route(&s, get(management::get_subgroup).delete(management::delete_subgroup))
-        .route(&format!("{s}/updateCompliance"), get(management::subgroup_compliance))
-        .route(&format!("{s}/bestUpdates"), get(management::subgroup_best_update))
-        .route(&format!("{s}/deployments"), get(management::list_subgroup_deployments))
+        .route(&format!("{g}/deployments/{{deployment}}/status"), get(management::deployments::deployment_status))
+        .route(&format!("{g}/deviceClassSubgroups"), get(management::subgroups::list_subgroups))
+        .route(&s, get(management::subgroups::get_subgroup).delete(management::subgroups::delete_subgroup))
+        .route(&format!("{s}/updateCompliance"), get(management::compliance::subgroup_compliance))
+        .route(&format!("{s}/bestUpdates"), get(management::subgroups::subgroup_best_update))
+        .route(&format!("{s}/deployments"), get(management::deployments::list_subgroup_deployments))
         .route(
             &format!("{s}/deployments/{{deployment}}"),
-            get(management::get_subgroup_deployment)
-                .delete(management::delete_subgroup_deployment)
-                .post(management::subgroup_deployment_action),
+            get(management::deployments::get_subgroup_deployment)
+                .delete(management::deployments::delete_subgroup_deployment)
+                .post(management::deployments::subgroup_deployment_action),
         )
-        .route(&format!("{s}/deployments/{{deployment}}/status"), get(management::subgroup_deployment_status))
-        .route(&format!("{s}/deployments/{{deployment}}/devicestates"), get(management::subgroup_device_states))
-        .route(&format!("{m}/operations"), get(management::list_operations))
-        .route(&format!("{m}/operations/{{operation}}"), get(management::get_operation))
-        .route(&format!("{d}/logCollections"), get(management::not_supported))
+        .route(
+            &format!("{s}/deployments/{{deployment}}/status"),
+            get(management::deployments::subgroup_deployment_status),
+        )
+        .route(
+            &format!("{s}/deployments/{{deployment}}/devicestates"),
+            get(management::deployments::subgroup_device_states),
+        )
+        .route(&format!("{m}/operations"), get(management::operations::list_operations))
+        .route(&format!("{m}/operations/{{operation}}"), get(management::operations::get_operation))
+        .route(&format!("{d}/logCollections"), get(management::operations::not_supported))
         .route(
             &format!("{d}/logCollections/{{operation}}"),
-            get(management::not_supported).put(management::not_supported),
+            get(management::operations::not_supported).put(management::operations::not_supported),
         )
-        .route(&format!("{d}/logCollections/{{operation}}/detailedStatus"), get(management::not_supported))
-        .route(&format!("{d}/deviceHealth"), get(management::not_supported))
+        .route(&format!("{d}/logCollections/{{operation}}/detailedStatus"), get(management::operations::not_supported))
+        .route(&format!("{d}/deviceHealth"), get(management::operations::not_supported))
         .route(&format!("{du}/duhub/uploads"), post(updates::upload))
-        .route(&format!("{du}/duhub/tokens"), get(management::list_tokens).post(management::create_token))
-        .route(&format!("{du}/duhub/tokens/{{token}}"), axum::routing::delete(management::revoke_token))
+        .route(
+            &format!("{du}/duhub/tokens"),
+            get(management::tokens::list_tokens).post(management::tokens::create_token),
+        )
+        .route(&format!("{du}/duhub/tokens/{{token}}"), axum::routing::delete(management::tokens::revoke_token))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state.clone());

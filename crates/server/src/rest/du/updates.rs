@@ -280,5 +280,5 @@ pub(super) async fn download(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    content::serve_blob(state.du.content(), &blob, &name, &method, &headers).await
+    super::blob::serve_blob(state.du.content(), &blob, &name, &method, &headers).await
 }
