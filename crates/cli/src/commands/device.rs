@@ -56,9 +56,9 @@ impl Service {
         Ok(self.exchange(method, path, body, &[]).await?.0)
     }
 
-    /// Every twin a query of IoT Hub's query API selects, page by page.
-    pub(super) async fn query(&self, query: &str) -> Result<Vec<Value>> {
-        let mut twins = Vec::new();
+    /// Runs a query of IoT Hub's query API, handing each twin it selects to `each`, page by page
+    /// (so a large fleet is never held in memory as whole twins).
+    pub(super) async fn query(&self, query: &str, mut each: impl FnMut(&Value)) -> Result<()> {
         let mut continuation: Option<String> = None;
         loop {
             let mut headers = vec![("x-ms-max-item-count", QUERY_PAGE.to_owned())];
@@ -68,12 +68,12 @@ impl Service {
             let body = json!({ "query": query });
             let (page, next) = self.exchange(reqwest::Method::POST, "/devices/query", Some(body), &headers).await?;
             match page {
-                Some(Value::Array(page)) => twins.extend(page),
+                Some(Value::Array(page)) => page.iter().for_each(&mut each),
                 other => bail!("the query API answered {other:?}, not a list of twins"),
             }
             match next {
                 Some(token) => continuation = Some(token),
-                None => return Ok(twins),
+                None => return Ok(()),
             }
         }
     }

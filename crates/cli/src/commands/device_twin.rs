@@ -22,11 +22,14 @@ pub(super) fn list(args: &DeviceListArgs) -> Result<Outcome> {
         Some(group) => format!("SELECT * FROM devices WHERE tags.{GROUP_TAG} = {}", quoted(group)?),
     };
     let service = Service::connect(&args.admin)?;
-    let twins = block_on(service.query(&query))?;
-    let mut devices: Vec<Value> = twins.iter().map(summary).collect();
-    if args.group.as_deref() == Some(DEFAULT_GROUP) {
-        devices.retain(|device| device["group"] == DEFAULT_GROUP);
-    }
+    let mut devices = Vec::new();
+    let only_default = args.group.as_deref() == Some(DEFAULT_GROUP);
+    block_on(service.query(&query, |twin| {
+        let device = summary(twin);
+        if !only_default || device["group"] == DEFAULT_GROUP {
+            devices.push(device);
+        }
+    }))?;
     if args.admin.json {
         print_json(&devices)?;
         return Ok(Outcome::Success);

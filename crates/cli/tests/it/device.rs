@@ -132,6 +132,8 @@ fn tags_and_groups_are_set_listed_and_removed() {
         .stdout("device toaster-2 has no ADUGroup tag: it is in $default\n");
     let lab = run(&["device", "list", "--group", "lab"]);
     assert_eq!(lab.as_array().unwrap().len(), 1);
+    // Untagged, but without an agent: in no Device Update group, not even $default.
+    assert_eq!(run(&["device", "list", "--group", "$default"]), json!([]));
     // A device that does not exist is named in the error.
     cli(&site)
         .args(["device", "group", "set", "nobody", "lab"])
@@ -230,6 +232,10 @@ fn the_agent_runs_with_agent_configs_output_from_another_directory() {
     let devices = json_of(&cli(&site).args(["device", "list", "--json"]).assert().success().get_output().stdout);
     let device = &devices[0];
     assert_eq!(device["deviceId"], "toaster-1");
+    let in_default = json_of(
+        &cli(&site).args(["device", "list", "--group", "$default", "--json"]).assert().success().get_output().stdout,
+    );
+    assert_eq!(in_default, json!([]), "toaster-1 is in lab");
     assert_eq!(device["group"], "lab");
     assert_eq!(device["agentState"], "idle");
     assert_eq!(device["connectionState"], "Connected");

@@ -161,7 +161,8 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
                     timed_out = true;
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                // The status is computed from every twin of the group: ask every other second.
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 status = client.get(&path).await?;
             }
             bar.finish_and_clear();
