@@ -17,6 +17,10 @@ use serde_json::Value;
 use crate::device::{DeviceOptions, Endpoint, TestDevice};
 use crate::service::ServiceClient;
 
+/// How long a node may take to print its addresses: a first start makes two RSA-3072 keys,
+/// seconds each in a debug build, and other tests run beside it on the same cores.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A running `duhub serve`. Killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct ServeProcess {
@@ -90,7 +94,7 @@ impl ServeProcess {
                 let _ = ready.send(Err(text));
             }
         });
-        let info = match tokio::time::timeout(crate::TIMEOUT, printed).await {
+        let info = match tokio::time::timeout(START_TIMEOUT, printed).await {
             Ok(Ok(Ok(info))) => info,
             outcome => {
                 let _ = child.kill();
