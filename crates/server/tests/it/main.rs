@@ -58,6 +58,7 @@ suite! {
     twin::get_returns_desired_and_reported_with_versions,
     twin::reported_patch_answers_204_with_the_new_version_and_rest_sees_it,
     twin::null_in_a_reported_patch_deletes_the_member,
+    twin::concurrent_writes_of_many_devices_all_land_and_each_device_keeps_its_order,
     twin::desired_patch_reaches_subscribed_devices_only_and_honours_the_etag,
     twin::a_reconnecting_device_sees_the_latest_desired_properties,
     twin::patches_breaking_the_twin_limits_are_refused_and_change_nothing,

@@ -73,6 +73,11 @@ impl From<ServiceError> for DuError {
             ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, "Conflict", m),
             ServiceError::Invalid(m) => Self::bad_request(m),
             ServiceError::Store(StoreError::NotFound(id)) => Self::not_found(format!("device {id} not found")),
+            ServiceError::Store(error) if error.is_unavailable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the service is unavailable; try again later",
+            ),
             other => {
                 tracing::error!(error = %other, "Device Update request failed");
                 Self::new(
