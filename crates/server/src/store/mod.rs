@@ -17,6 +17,7 @@ mod devices;
 mod du;
 mod events;
 mod query;
+mod record;
 mod schema;
 mod twins;
 mod writer;
@@ -26,6 +27,9 @@ pub use devices::{Device, DeviceSpec, DeviceStatus, MqttSession, validate_device
 pub use du::{FleetRow, Revisioned};
 pub use events::Event;
 pub use query::{QueriedTwin, TwinFilter};
+pub use record::{
+    DEFAULT_GROUP, DuRecord, Facts, GROUP_TAG, RecordBucket, RecordFilter, RecordRow, class_body, class_id,
+};
 pub use twins::{Twin, etag_of};
 
 use std::sync::Arc;
@@ -85,6 +89,8 @@ pub struct Store {
     node_id: Arc<str>,
     /// SQLite: the single writer of twins, connection states and sessions.
     writer: Option<mpsc::Sender<(Write, WriteReply)>>,
+    /// Notified when a committed write changed a Device Update record.
+    records_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -131,7 +137,15 @@ impl Store {
             }
             Backend::Postgres => None,
         };
-        let store = Self { pool, backend, events, node_id: node_id.into(), writer };
+        let store = Self {
+            pool,
+            backend,
+            events,
+            node_id: node_id.into(),
+            writer,
+            records_changed: Arc::new(tokio::sync::Notify::new()),
+        };
+        store.backfill_records().await?;
         if backend == Backend::Postgres {
             store.listen(url).await?;
         }

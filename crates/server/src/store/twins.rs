@@ -128,7 +128,12 @@ impl Store {
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
         let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
         match self.write(Write::Twin(request)).await? {
-            Written::Twin(twin) => Ok(*twin),
+            Written::Twin(twin, record_changed) => {
+                if record_changed {
+                    self.records_changed.notify_one();
+                }
+                Ok(*twin)
+            }
             Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
         }
     }
@@ -201,13 +206,14 @@ pub(super) struct TwinChange {
 const TWIN_SELECT: &str = "SELECT device_id, tags, desired, desired_version, reported, reported_version, \
      twin_version, model_id, status, connection_state FROM devices WHERE device_id = $1";
 
-/// Reads, changes and writes one twin inside `tx`; the caller commits. With `notify_node` set
+/// Reads, changes and writes one twin (and its Device Update record) inside `tx`; the caller
+/// commits. Returns the new twin, the event to publish and whether the record changed. With `notify_node` set
 /// (PostgreSQL), other nodes are notified in the same transaction.
 pub(super) async fn apply_change(
     tx: &mut sqlx::AnyConnection,
     request: &TwinChange,
     notify_node: Option<Arc<str>>,
-) -> Result<(Twin, Option<Event>), ChangeError> {
+) -> Result<(Twin, Option<Event>, bool), ChangeError> {
     let device_id = request.device_id.as_str();
     let row = sqlx::query(TWIN_SELECT).bind(device_id).fetch_optional(&mut *tx).await?;
     let mut twin =
@@ -218,6 +224,7 @@ pub(super) async fn apply_change(
         return Err(ChangeError::Store(StoreError::PreconditionFailed));
     }
     let read_version = twin.version;
+    let before = twin.clone();
     let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
     twin.version += 1;
     if desired_patch.is_some() {
@@ -243,7 +250,8 @@ pub(super) async fn apply_change(
     if updated.rows_affected() == 0 {
         return Err(ChangeError::Conflict);
     }
-    let Some(mut patch) = desired_patch else { return Ok((twin, None)) };
+    let record_changed = super::record::apply_record(tx, Some(&before), &twin).await?;
+    let Some(mut patch) = desired_patch else { return Ok((twin, None, record_changed)) };
     patch.insert("$version".into(), twin.desired_version.into());
     let patch = Value::Object(patch);
     sqlx::query("INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES ($1, $2, $3, $4)")
@@ -268,7 +276,7 @@ pub(super) async fn apply_change(
     }
     let event =
         Event::DesiredChanged { device_id: device_id.to_owned(), version: twin.desired_version, patch: Some(patch) };
-    Ok((twin, Some(event)))
+    Ok((twin, Some(event), record_changed))
 }
 
 fn strip_version(patch: &Value) -> Map<String, Value> {

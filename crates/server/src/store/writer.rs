@@ -62,7 +62,8 @@ pub(super) enum Write {
 /// What a write produced.
 #[derive(Debug)]
 pub(super) enum Written {
-    Twin(Box<Twin>),
+    /// The new twin, and whether its Device Update record changed.
+    Twin(Box<Twin>, bool),
     Done,
 }
 
@@ -88,8 +89,8 @@ async fn apply_write(
 ) -> Result<(Written, Option<Event>), ChangeError> {
     match job {
         Write::Twin(request) => {
-            let (twin, event) = apply_change(tx, request, notify_node).await?;
-            Ok((Written::Twin(Box::new(twin)), event))
+            let (twin, event, record_changed) = apply_change(tx, request, notify_node).await?;
+            Ok((Written::Twin(Box::new(twin), record_changed), event))
         }
         Write::Connection { device_id, connected, model_id, session } => {
             let now = now_rfc3339();
@@ -105,6 +106,7 @@ async fn apply_write(
             .bind(device_id)
             .execute(&mut *tx)
             .await?;
+            super::record::apply_connection(tx, device_id, state, &now).await?;
             if let Some(session) = session {
                 store_session(tx, device_id, *session).await?;
             }

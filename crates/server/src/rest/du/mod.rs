@@ -292,41 +292,66 @@ fn decode(text: &str) -> String {
 /// One page of `items` as `{"value": [...], "nextLink": "..."}`: pages are `page_size` long
 /// and continue with `skipToken=<offset>` on the request's own path and query.
 pub(crate) fn page(du: &DeviceUpdate, uri: &Uri, items: Vec<Value>) -> Result<Json<Value>, DuError> {
-    let size = du.settings().page_size;
-    let offset = match query_param(uri, "skipToken") {
-        Some(token) => token
-            .parse::<usize>()
-            .map_err(|_| DuError::bad_request("skipToken is not valid").with_target("skipToken"))?,
-        None => 0,
-    };
-    let top = match query_param(uri, "top") {
-        Some(top) => Some(
-            top.parse::<usize>()
-                .map_err(|_| DuError::bad_request("top must be a positive number").with_target("top"))?,
-        ),
-        None => None,
-    };
-    let mut items = items;
-    if let Some(top) = top {
-        items.truncate(top);
-    }
-    let total = items.len();
-    let value: Vec<Value> = items.into_iter().skip(offset).take(size).collect();
-    let mut body = json!({ "value": value });
-    if offset + size < total {
-        let kept: Vec<&str> = uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| !pair.is_empty() && !pair.starts_with("skipToken="))
-            .collect();
-        let mut query = kept.join("&");
-        if !query.is_empty() {
-            query.push('&');
+    let window = Window::of(du, uri, items.len())?;
+    let value = items.into_iter().skip(window.offset).take(window.end - window.offset).collect();
+    Ok(window.body(value))
+}
+
+/// The page of a list of `total` items a request asks for (`skipToken`, `top`), and the
+/// `nextLink` to the next one; for lists whose items are expensive to build, so that only the
+/// page's are.
+pub(crate) struct Window {
+    /// First item of the page.
+    pub(crate) offset: usize,
+    /// One past its last item.
+    pub(crate) end: usize,
+    next_link: Option<String>,
+}
+
+impl Window {
+    /// The window of `uri` over `total` items.
+    pub(crate) fn of(du: &DeviceUpdate, uri: &Uri, total: usize) -> Result<Self, DuError> {
+        let size = du.settings().page_size;
+        let offset = match query_param(uri, "skipToken") {
+            Some(token) => token
+                .parse::<usize>()
+                .map_err(|_| DuError::bad_request("skipToken is not valid").with_target("skipToken"))?,
+            None => 0,
+        };
+        let top = match query_param(uri, "top") {
+            Some(top) => Some(
+                top.parse::<usize>()
+                    .map_err(|_| DuError::bad_request("top must be a positive number").with_target("top"))?,
+            ),
+            None => None,
+        };
+        let total = top.map_or(total, |top| total.min(top));
+        let end = total.min(offset.saturating_add(size));
+        let mut next_link = None;
+        if offset.saturating_add(size) < total {
+            let kept: Vec<&str> = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|pair| !pair.is_empty() && !pair.starts_with("skipToken="))
+                .collect();
+            let mut query = kept.join("&");
+            if !query.is_empty() {
+                query.push('&');
+            }
+            next_link = Some(format!("{}?{query}skipToken={}", uri.path(), offset + size));
         }
-        body["nextLink"] = format!("{}?{query}skipToken={}", uri.path(), offset + size).into();
+        Ok(Self { offset: offset.min(end), end, next_link })
     }
-    Ok(Json(body))
+
+    /// The response body of the page's items.
+    pub(crate) fn body(self, value: Vec<Value>) -> Json<Value> {
+        let mut body = json!({ "value": value });
+        if let Some(link) = self.next_link {
+            body["nextLink"] = link.into();
+        }
+        Json(body)
+    }
 }
 
 /// `If-None-Match` matches `etag` (quoted or not).

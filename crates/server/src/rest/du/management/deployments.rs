@@ -17,6 +17,7 @@ use crate::du::Snapshot;
 use crate::du::model::{RollbackPolicy, StoredDeployment};
 use crate::du::status::SubgroupStatus;
 use crate::rest::du::{ApiVersion, DuError, DuState, page};
+use crate::store::RecordFilter;
 
 /// The body of #29 (`Deployment`). Members of the wrong type read as absent, so that the
 /// checks below name them.
@@ -88,7 +89,7 @@ pub(in crate::rest::du) async fn list_group_deployments(
 }
 
 async fn find_deployment(state: &DuState, group: &str, id: &str) -> Result<(Snapshot, StoredDeployment), DuError> {
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(group)).await?;
     let deployment = snapshot
         .deployment(group, id)
         .cloned()
@@ -265,7 +266,7 @@ pub(in crate::rest::du) async fn list_subgroup_deployments(
     uri: Uri,
 ) -> Result<Json<Value>, DuError> {
     super::subgroups::subgroup_created(&state, &group, &class).await?;
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
     let mut items: Vec<Value> = snapshot
         .deployments_of(&group, Some(&class))
         .into_iter()
@@ -329,7 +330,7 @@ pub(in crate::rest::du) async fn subgroup_deployment_action(
         "retry" => state.du.retry(&group, &class, id).await?,
         other => return Err(DuError::not_found(format!("deployments have no action {other:?}; use cancel or retry"))),
     };
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
     Ok(Json(deployment_json(&snapshot, &deployment, &version)))
 }
 
@@ -353,7 +354,15 @@ pub(in crate::rest::du) async fn subgroup_device_states(
 ) -> Result<Json<Value>, DuError> {
     let filter = parse_filter(&uri, &["deviceId", "moduleId", "deviceState"])?;
     let (snapshot, deployment) = find_subgroup_deployment(&state, &group, &class, &id).await?;
-    let Some(states) = snapshot.device_states(&deployment, &class) else {
+    let members = match &deployment.target_devices {
+        Some(targets) => state.du.store().records_of(targets).await?,
+        None => {
+            let filter =
+                RecordFilter { group_id: Some(group.clone()), class_id: Some(class.clone()), ..Default::default() };
+            state.du.all_records(&filter).await?
+        }
+    };
+    let Some(states) = snapshot.device_states(&deployment, &class, &members) else {
         return Err(DuError::not_found(format!("deployment {id} has not reached device class {class}")));
     };
     let items = states

@@ -103,7 +103,7 @@ fn order(uri: &Uri, items: &mut [Value], fields: &[(&str, &str)]) -> Result<(), 
 
 /// A group's snapshot and creation time; 404 for an unknown group.
 async fn find_group(state: &DuState, id: &str) -> Result<(Snapshot, String), DuError> {
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(id)).await?;
     let created = state
         .du
         .groups()
