@@ -7,10 +7,10 @@ use axum::http::Uri;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{GroupPath, SubgroupPath, json_body, parse_filter, update_info};
+use super::{GroupPath, SubgroupPath, json_body, keyset_records, parse_filter, update_info};
 use crate::du::Snapshot;
 use crate::du::fleet::DeviceView;
-use crate::rest::du::{DuError, DuState, Window, accepted};
+use crate::rest::du::{DuError, DuState, Keyset, accepted};
 use crate::store::{RecordFilter, RecordRow};
 
 fn device_json(snapshot: &Snapshot, device: &DeviceView) -> Value {
@@ -73,29 +73,27 @@ fn erc(code: Option<duhub_proto::result::ExtendedResultCode>) -> i64 {
 pub(in crate::rest::du) async fn list_devices(State(state): State<DuState>, uri: Uri) -> Result<Json<Value>, DuError> {
     let filter = parse_filter(&uri, &["groupId", "deviceClassId", "deploymentStatus", "deviceId"])?;
     let snapshot = state.du.snapshot().await?;
-    // The filter is decided on the records; only the page's twins are read.
-    let records = state.du.all_records(&RecordFilter::default()).await?;
-    let matching: Vec<&RecordRow> = records
-        .iter()
-        .filter(|r| {
-            filter.as_ref().is_none_or(|f| {
-                f.matches(|field| match field.to_ascii_lowercase().as_str() {
-                    "groupid" => Some(r.group_id.clone()),
-                    "deviceclassid" => Some(r.class_id.clone()),
-                    "deviceid" => Some(r.device_id.clone()),
-                    "deploymentstatus" => snapshot
-                        .device_deployment(&r.group_id, &r.class_id, Some(&r.device_id), &r.facts)
-                        .map(|(_, s)| s.as_str().to_owned()),
-                    _ => None,
-                })
+    // The filter is decided on the records, page by page in device id order; only the page's
+    // twins are read.
+    let keyset = Keyset::of(&state.du, &uri)?;
+    let keep = |r: &RecordRow| {
+        filter.as_ref().is_none_or(|f| {
+            f.matches(|field| match field.to_ascii_lowercase().as_str() {
+                "groupid" => Some(r.group_id.clone()),
+                "deviceclassid" => Some(r.class_id.clone()),
+                "deviceid" => Some(r.device_id.clone()),
+                "deploymentstatus" => snapshot
+                    .device_deployment(&r.group_id, &r.class_id, Some(&r.device_id), &r.facts)
+                    .map(|(_, s)| s.as_str().to_owned()),
+                _ => None,
             })
         })
-        .collect();
-    let window = Window::of(&state.du, &uri, matching.len())?;
-    let ids: Vec<String> = matching[window.offset..window.end].iter().map(|r| r.device_id.clone()).collect();
+    };
+    let (page, more) = keyset_records(&state, &keyset, &RecordFilter::default(), None, keep).await?;
+    let ids: Vec<String> = page.iter().map(|r| r.device_id.clone()).collect();
     let rows = state.du.store().fleet_of(&ids).await?;
     let items = rows.iter().filter_map(DeviceView::from_row).map(|d| device_json(&snapshot, &d)).collect();
-    Ok(window.body(items))
+    Ok(keyset.body(&uri, items, ids.last().map(String::as_str), more))
 }
 
 /// #18: devices come from the hub's registry, so the import has nothing to copy. The body is
