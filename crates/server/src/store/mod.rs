@@ -17,6 +17,7 @@ mod devices;
 mod du;
 mod events;
 mod query;
+mod record;
 mod schema;
 mod twins;
 mod writer;
@@ -26,6 +27,9 @@ pub use devices::{Device, DeviceSpec, DeviceStatus, MqttSession, validate_device
 pub use du::{FleetRow, Revisioned};
 pub use events::Event;
 pub use query::{QueriedTwin, TwinFilter};
+pub use record::{
+    DEFAULT_GROUP, DuRecord, Facts, GROUP_TAG, RecordBucket, RecordFilter, RecordRow, class_body, class_id,
+};
 pub use twins::{Twin, etag_of};
 
 use std::sync::Arc;
@@ -112,6 +116,8 @@ pub struct Store {
     node_id: Arc<str>,
     /// The writer lanes of twins, connection states and sessions (see [`writer`]).
     writer: Arc<[mpsc::Sender<Job>]>,
+    /// Notified when a committed write changed a Device Update record.
+    records_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -152,7 +158,9 @@ impl Store {
         schema::migrate(&pool, backend).await?;
         let node_id: Arc<str> = node_id.into();
         let writer = start_lanes(&pool, backend, &node_id);
-        let store = Self { pool, backend, events, node_id, writer };
+        let store =
+            Self { pool, backend, events, node_id, writer, records_changed: Arc::new(tokio::sync::Notify::new()) };
+        store.backfill_records().await?;
         if backend == Backend::Postgres {
             store.listen(url).await?;
         }

@@ -128,7 +128,12 @@ impl Store {
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
         let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
         match self.write(Write::Twin(request)).await? {
-            Written::Twin(twin) => Ok(*twin),
+            Written::Twin(twin, record_changed) => {
+                if record_changed {
+                    self.records_changed.notify_one();
+                }
+                Ok(*twin)
+            }
             Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
         }
     }
@@ -213,14 +218,14 @@ const TWIN_SELECT: &str = concat!("SELECT ", twin_columns!(), " FROM devices WHE
 
 /// Applies one twin change to the batch's twins (read by the writer at the start of its
 /// transaction, written back by it before the commit) and records what must go with it inside
-/// `tx`: the desired patch for other nodes and, with `notify_node` set (PostgreSQL), the
+/// `tx`: the Device Update record (the bool returned says whether it changed), the desired patch for other nodes and, with `notify_node` set (PostgreSQL), the
 /// notification. The caller commits. A change that is refused leaves the twin as it was.
 pub(super) async fn apply_change(
     tx: &mut sqlx::AnyConnection,
     twins: &mut Twins,
     request: &TwinChange,
     notify_node: Option<Arc<str>>,
-) -> Result<(Twin, Option<Event>), ChangeError> {
+) -> Result<(Twin, Option<Event>, bool), ChangeError> {
     let device_id = request.device_id.as_str();
     let current = twins.get_mut(device_id).ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
     if let Some(etag) = request.if_match.as_deref().filter(|e| *e != "*")
@@ -229,6 +234,7 @@ pub(super) async fn apply_change(
         return Err(ChangeError::Store(StoreError::PreconditionFailed));
     }
     let mut twin = current.clone();
+    let before = current.clone();
     let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
     twin.version += 1;
     if desired_patch.is_some() {
@@ -238,7 +244,8 @@ pub(super) async fn apply_change(
         twin.reported_version += 1;
     }
     current.clone_from(&twin);
-    let Some(mut patch) = desired_patch else { return Ok((twin, None)) };
+    let record_changed = super::record::apply_record(tx, Some(&before), &twin).await?;
+    let Some(mut patch) = desired_patch else { return Ok((twin, None, record_changed)) };
     patch.insert("$version".into(), twin.desired_version.into());
     let patch = Value::Object(patch);
     sqlx::query("INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES ($1, $2, $3, $4)")
@@ -263,7 +270,7 @@ pub(super) async fn apply_change(
     }
     let event =
         Event::DesiredChanged { device_id: device_id.to_owned(), version: twin.desired_version, patch: Some(patch) };
-    Ok((twin, Some(event)))
+    Ok((twin, Some(event), record_changed))
 }
 
 fn strip_version(patch: &Value) -> Map<String, Value> {

@@ -102,7 +102,8 @@ impl Write {
 /// What a write produced.
 #[derive(Debug)]
 pub(super) enum Written {
-    Twin(Box<Twin>),
+    /// The new twin, and whether its Device Update record changed.
+    Twin(Box<Twin>, bool),
     Done,
 }
 
@@ -292,7 +293,7 @@ async fn apply_batch(
     for (job, _) in batch {
         outcomes.push(match job {
             Write::Twin(change) => match apply_change(tx, &mut twins, change, notify.cloned()).await {
-                Ok((twin, event)) => Ok((Written::Twin(Box::new(twin)), event)),
+                Ok((twin, event, record_changed)) => Ok((Written::Twin(Box::new(twin), record_changed), event)),
                 Err(ChangeError::Store(StoreError::Database(error))) => return Err(StoreError::Database(error).into()),
                 Err(ChangeError::Store(error)) => Err(error),
                 Err(ChangeError::Conflict) => return Err(ChangeError::Conflict),
@@ -311,6 +312,7 @@ async fn apply_batch(
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
+                super::record::apply_connection(tx, device_id, state, &now).await?;
                 if let Some(twin) = twins.get_mut(device_id) {
                     twin.connection_state = state.to_owned();
                     if *connected {

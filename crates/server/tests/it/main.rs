@@ -14,6 +14,7 @@ mod connect;
 mod du;
 mod isolation;
 mod query;
+mod record;
 mod rest;
 #[cfg(feature = "object-store")]
 mod s3;
@@ -75,4 +76,6 @@ suite! {
     du::a_deployment_reaches_devices_and_their_reports_drive_its_status,
     du::a_rollback_policy_redeploys_to_the_failed_devices,
     du::lists_page_and_requests_are_authenticated,
+    record::the_record_always_agrees_with_the_twins,
+    record::records_are_built_from_existing_twins_at_startup,
 }
