@@ -10,7 +10,8 @@
 //! `store` is the only module that knows SQL: `devices` (identities, connection state),
 //! `twins` (documents and their changes), `writer` (the durable write path), `events` (the
 //! event bus across nodes), `access` (shared access policies and API tokens), `du` (Device
-//! Update records) and `schema` (the tables and their upgrades).
+//! Update records), `sessions` (the dashboard's sign-in sessions and device search) and `schema`
+//! (the tables and their upgrades).
 
 mod access;
 mod devices;
@@ -18,6 +19,7 @@ mod du;
 mod events;
 mod query;
 mod schema;
+mod sessions;
 mod twins;
 mod writer;
 
@@ -26,6 +28,7 @@ pub use devices::{Device, DeviceSpec, DeviceStatus, MqttSession, validate_device
 pub use du::{FleetRow, Revisioned};
 pub use events::Event;
 pub use query::{QueriedTwin, TwinFilter};
+pub use sessions::{DeviceListing, UiSession};
 pub use twins::{Twin, etag_of};
 
 use std::sync::Arc;

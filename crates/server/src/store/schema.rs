@@ -75,6 +75,14 @@ const STEPS: &[&str] = &[
         created_at TEXT NOT NULL,
         PRIMARY KEY (kind, entity_key)
     );",
+    "CREATE TABLE ui_sessions (
+        session_sha256 TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        csrf_token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX ui_sessions_token ON ui_sessions (token_sha256);",
 ];
 
 /// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an

@@ -19,6 +19,7 @@ mod rest;
 mod s3;
 mod support;
 mod twin;
+mod ui;
 
 /// Instantiates every `module::test` of the suite for SQLite and for PostgreSQL. Attributes
 /// before a test (such as `#[ignore = "bug: ..."]`) apply to both; `{ sqlite: #[...] }` after it
@@ -74,4 +75,6 @@ suite! {
     du::a_deployment_reaches_devices_and_their_reports_drive_its_status,
     du::a_rollback_policy_redeploys_to_the_failed_devices,
     du::lists_page_and_requests_are_authenticated,
+    ui::sessions_csrf_and_origins_guard_every_page,
+    ui::pages_show_groups_deployments_and_decoded_results,
 }

@@ -14,7 +14,7 @@ use super::{
     parse_filter, present, update_id_of, update_info,
 };
 use crate::du::Snapshot;
-use crate::du::model::{RollbackPolicy, StoredDeployment};
+use crate::du::model::{RollbackPolicy, StoredDeployment, valid_deployment_id};
 use crate::du::status::SubgroupStatus;
 use crate::rest::du::{ApiVersion, DuError, DuState, page};
 
@@ -104,11 +104,6 @@ pub(in crate::rest::du) async fn get_deployment(
 ) -> Result<Json<Value>, DuError> {
     let (snapshot, deployment) = find_deployment(&state, &group, &id).await?;
     Ok(Json(deployment_json(&snapshot, &deployment, &version)))
-}
-
-/// Whether a deployment id follows the service's rules.
-fn valid_deployment_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= 73 && !id.chars().any(|c| c.is_uppercase() || "&^[]{}|<>/\\\"".contains(c))
 }
 
 /// #29.
