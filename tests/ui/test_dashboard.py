@@ -118,7 +118,7 @@ def test_a_bad_manifest_shows_its_json_pointer_errors(fleet, session, files, scr
     page = session["page"]
     page.get_by_role("link", name="Updates").click()
     page.get_by_label("Import manifest").set_input_files(str(files["bad"]))
-    page.get_by_role("button", name="Import").click()
+    page.get_by_role("button", name="Import", exact=True).click()
     errors = page.locator("#import-errors")
     expect(errors).to_contain_text("importManifest#/compatibility")
     expect(errors).to_contain_text("importManifest#/createdDateTime")
@@ -132,7 +132,7 @@ def test_import_through_the_upload_form(fleet, session, files, screenshots):
     page.goto(f"{fleet.url}/ui/updates")
     page.get_by_label("Import manifest").set_input_files(str(files["manifest"]))
     page.get_by_label("Update files").set_input_files(str(files["script"]))
-    page.get_by_role("button", name="Import").click()
+    page.get_by_role("button", name="Import", exact=True).click()
     expect(page.locator("#import-status")).to_contain_text("Imported contoso/toaster/1.0")
     expect(page.locator("#import-progress")).to_have_attribute("value", "100")
     expect(page.locator("#catalog")).to_contain_text("contoso/toaster/1.0")
@@ -165,7 +165,7 @@ def test_group_real_agents_from_the_ui(fleet, session, agents, screenshots):
 def test_deploy_and_watch_it_live(fleet, session, agents, screenshots):
     page = session["page"]
     page.get_by_role("link", name="Deployments").click()
-    page.get_by_label("Group").select_option("lab")
+    page.get_by_label("Group", exact=True).select_option("lab")
     page.get_by_label("Deployment id").fill("rollout-1")
     page.get_by_label("Update", exact=True).select_option(label="contoso/toaster/1.0")
     page.get_by_role("button", name="Create deployment").click()

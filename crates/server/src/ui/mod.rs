@@ -200,16 +200,10 @@ async fn sign_in(State(state): State<UiState>, request: axum::extract::Request) 
             response.headers_mut().insert(header::SET_COOKIE, value);
             Ok(response)
         }
+        // The form again with the error; 200 like any page a browser shows (a 401 document is a
+        // console error), and no cookie.
         None => Ok(with_headers(
-            (
-                StatusCode::UNAUTHORIZED,
-                Html(page(
-                    "Sign in",
-                    Section::None,
-                    None,
-                    &sign_in_form(Some("That API token is unknown or revoked.")),
-                )),
-            )
+            Html(page("Sign in", Section::None, None, &sign_in_form(Some("That API token is unknown or revoked."))))
                 .into_response(),
         )),
     }

@@ -144,9 +144,9 @@ struct UploadedFile {
     url: String,
 }
 
-/// `POST /ui/updates/import`: imports and waits for the outcome: `{"status": "Succeeded",
-/// "update": "..."}` or `{"status": "Failed", "error": {code, message, details: [{code,
-/// message, target}]}}` (targets are JSON pointers into the import manifest).
+/// `POST /ui/updates/import`: imports and waits for the outcome, `200` with `{"status":
+/// "Succeeded", "update": "..."}` or `{"status": "Failed", "error": {code, message, details:
+/// [{code, message, target}]}}` (targets are JSON pointers into the import manifest).
 pub(super) async fn import(State(state): State<UiState>, body: axum::body::Bytes) -> Response {
     let request: ImportRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -184,8 +184,7 @@ pub(super) async fn import(State(state): State<UiState>, body: axum::body::Bytes
             }
             Some("Failed") => {
                 let error = operation.get("error").cloned().unwrap_or(Value::Null);
-                return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"status": "Failed", "error": error})))
-                    .into_response();
+                return Json(json!({"status": "Failed", "error": error})).into_response();
             }
             _ if tokio::time::Instant::now() >= deadline => {
                 return (StatusCode::ACCEPTED, Json(json!({"status": "Running", "operationId": operation_id})))
@@ -200,8 +199,12 @@ fn text<'a>(value: &'a Value, member: &str) -> &'a str {
     value.get(member).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// The outcome of an import that could not start: a bad request is an outcome like a failed
+/// import (200, so the page's script shows it and the browser logs no error); a server failure
+/// keeps its status.
 fn failed(error: UiError) -> Response {
-    (error.status, Json(json!({"status": "Failed", "error": {"message": error.message}}))).into_response()
+    let status = if error.status.is_server_error() { error.status } else { StatusCode::OK };
+    (status, Json(json!({"status": "Failed", "error": {"message": error.message}}))).into_response()
 }
 
 #[derive(Debug, Deserialize)]
