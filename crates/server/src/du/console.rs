@@ -12,11 +12,11 @@ use duhub_proto::update_id::UpdateId;
 use serde_json::{Value, json};
 
 use super::deploy::{Counts, DeviceState};
-use super::fleet::{DeviceClass, GROUP_TAG};
+use super::fleet::{DEFAULT_GROUP, DeviceClass, DeviceView, GROUP_TAG};
 use super::model::{StoredDeployment, StoredUpdate};
 use super::status::{Compliance, DeploymentStatus};
-use super::{DeviceUpdate, ServiceError};
-use crate::store::{DeviceListing, StoreError};
+use super::{DeviceUpdate, ServiceError, Snapshot};
+use crate::store::{DeviceListing, FleetRow, StoreError, TwinFilter};
 
 /// What the overview page shows.
 #[derive(Debug, Clone)]
@@ -226,21 +226,55 @@ impl DeviceUpdate {
             .collect())
     }
 
-    /// Device ids of a group, in id order after `after`, at most `limit`, and whether more follow.
+    /// Devices of a group with their device class ids, in id order after `after`, at most
+    /// `limit`, and whether more follow. A tagged group is read one page at a time through the
+    /// twin query (never the whole fleet); `$default` (no tag) needs the fleet.
     pub async fn group_members(
         &self,
         group: &str,
         after: &str,
         limit: usize,
     ) -> Result<(Vec<(String, String)>, bool), ServiceError> {
-        let snapshot = self.snapshot().await?;
-        let mut members = snapshot
-            .group_devices(group)
-            .into_iter()
-            .filter(|d| d.device_id.as_str() > after)
-            .map(|d| (d.device_id.clone(), d.class.id.clone()));
-        let page: Vec<_> = members.by_ref().take(limit).collect();
-        Ok((page, members.next().is_some()))
+        let filter = if group == DEFAULT_GROUP { None } else { TwinFilter::tag(GROUP_TAG, group) };
+        let Some(filter) = filter else {
+            let snapshot = self.snapshot().await?;
+            let mut members = snapshot
+                .group_devices(group)
+                .into_iter()
+                .filter(|d| d.device_id.as_str() > after)
+                .map(|d| (d.device_id.clone(), d.class.id.clone()));
+            let page: Vec<_> = members.by_ref().take(limit).collect();
+            return Ok((page, members.next().is_some()));
+        };
+        let mut members = Vec::new();
+        let mut cursor = after.to_owned();
+        // Devices without an agent carry the tag too but are no members: read on until a page
+        // is full or the twins end.
+        loop {
+            let wanted = i64::try_from(limit).unwrap_or(1000).saturating_add(1);
+            let twins = self.store.query_twins(&filter, &cursor, wanted).await?;
+            let exhausted = twins.len() < usize::try_from(wanted).unwrap_or(usize::MAX);
+            for queried in &twins {
+                let twin = &queried.twin;
+                let row = FleetRow {
+                    device_id: twin.device_id.clone(),
+                    tags: Value::Object(twin.tags.clone()),
+                    desired: Value::Null,
+                    reported: Value::Object(twin.reported.clone()),
+                    model_id: twin.model_id.clone(),
+                };
+                if let Some(view) = DeviceView::from_row(&row) {
+                    if members.len() == limit {
+                        return Ok((members, true));
+                    }
+                    members.push((view.device_id, view.class.id));
+                }
+            }
+            match twins.last() {
+                Some(last) if !exhausted => cursor.clone_from(&last.twin.device_id),
+                _ => return Ok((members, false)),
+            }
+        }
     }
 
     /// Every deployment with its status, newest first.
@@ -313,8 +347,25 @@ impl DeviceUpdate {
         let reported = Value::Object(twin.reported.clone());
         let agent = reported.pointer("/deviceUpdate/agent").cloned().unwrap_or(Value::Null);
         let device_information = reported.get("deviceInformation").cloned().unwrap_or(Value::Null);
-        let snapshot = self.snapshot().await?;
-        let view = snapshot.devices.iter().find(|d| d.device_id == device_id);
+        // A device's state in a deployment depends on it and the deployment records only, so a
+        // snapshot holding just this device answers as the whole fleet's would, without
+        // reading the fleet.
+        let row = FleetRow {
+            device_id: twin.device_id.clone(),
+            tags: Value::Object(twin.tags.clone()),
+            desired: Value::Object(twin.desired.clone()),
+            reported,
+            model_id: twin.model_id.clone(),
+        };
+        let (deployments, revisions) = self.deployments().await?.into_iter().unzip();
+        let snapshot = Snapshot {
+            now: crate::ids::now_rfc3339(),
+            devices: DeviceView::from_row(&row).into_iter().collect(),
+            deployments,
+            revisions,
+            updates: self.updates().await?,
+        };
+        let view = snapshot.devices.first();
         let mut timeline = Vec::new();
         if let Some(view) = view {
             for deployment in snapshot.deployments_of(&view.group_id, Some(&view.class.id)) {

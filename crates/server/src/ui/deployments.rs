@@ -26,8 +26,11 @@ use crate::du::deploy::DeviceState;
 use crate::du::model::{RollbackPolicy, StoredDeployment, valid_deployment_id};
 
 const DEVICES_PER_PAGE: usize = 50;
-/// How often a live page's stream looks for changes.
+/// How often a live page's stream looks for changes, at the most.
 const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A stream waits at least this many times as long as rendering took, so that streams of a
+/// large fleet (while status is computed from every twin) take at most a tenth of the server.
+const LIVE_BACKOFF: u32 = 10;
 
 /// `GET /ui/deployments[?group=]`.
 pub(super) async fn deployments(
@@ -413,13 +416,14 @@ pub(super) async fn events(
         return Err(UiError::not_found(format!("deployment {id} of group {group} not found")));
     }
     let view = TableView::of(&uri);
-    let start = Live { state, session, group, id, view, last: String::new(), first: true };
+    let start = Live { state, session, group, id, view, last: String::new(), first: true, cost: Duration::ZERO };
     let stream = futures_util::stream::unfold(start, |mut live| async move {
         loop {
             if !live.first {
-                tokio::time::sleep(LIVE_INTERVAL).await;
+                tokio::time::sleep(LIVE_INTERVAL.max(live.cost * LIVE_BACKOFF)).await;
             }
             live.first = false;
+            let started = tokio::time::Instant::now();
             match live.state.du.store().ui_session(&live.session.id, now_unix()).await {
                 Ok(Some(_)) => {}
                 Ok(None) => return None,
@@ -433,6 +437,7 @@ pub(super) async fn events(
                 Ok(None) => return None,
                 Err(error) => Err(error.into()),
             };
+            live.cost = started.elapsed();
             match fragment {
                 Ok(fragment) if fragment != live.last => {
                     live.last.clone_from(&fragment);
@@ -454,6 +459,8 @@ struct Live {
     view: TableView,
     last: String,
     first: bool,
+    /// How long the last rendering took.
+    cost: Duration,
 }
 
 #[derive(Debug, Deserialize)]

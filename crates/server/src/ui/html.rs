@@ -121,14 +121,12 @@ pub(crate) fn stacked_bar(parts: &[(&str, &str, u64)], total: u64) -> String {
         esc(&format!("{} of {total}", label.join(", ")))
     );
     let mut x = 0u64;
-    if total > 0 {
-        for (class, _, n) in parts {
-            let width = n.saturating_mul(1000) / total;
-            if width > 0 {
-                let _ = write!(out, "<rect class=\"{class}\" x=\"{x}\" y=\"0\" width=\"{width}\" height=\"24\"/>");
-            }
-            x += width;
+    for (class, _, n) in parts {
+        let width = n.saturating_mul(1000).checked_div(total).unwrap_or(0);
+        if width > 0 {
+            let _ = write!(out, "<rect class=\"{class}\" x=\"{x}\" y=\"0\" width=\"{width}\" height=\"24\"/>");
         }
+        x += width;
     }
     out.push_str("</svg>");
     out
