@@ -94,13 +94,28 @@ pub struct DeploymentDevice {
     pub result_details: Option<String>,
 }
 
-/// A deployment with the rollback deployments it triggered.
+/// A deployment with the rollback deployments it triggered and a page of its devices.
 #[derive(Debug, Clone)]
 pub struct DeploymentDetail {
     /// The deployment, status and counts.
     pub summary: DeploymentSummary,
     /// Rollback deployments fired by its policy, by device class.
     pub rollbacks: Vec<(String, String)>,
+    /// The page of devices asked for.
+    pub devices: Vec<DeploymentDevice>,
+    /// Whether more devices follow the page.
+    pub more: bool,
+}
+
+/// Which devices of a deployment to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevicePage {
+    /// Only devices in this state.
+    pub state: Option<DeviceState>,
+    /// Devices after this id (`""`: from the first).
+    pub after: String,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// A device as its page shows it.
@@ -285,8 +300,15 @@ impl DeviceUpdate {
         Ok(all)
     }
 
-    /// A deployment with its status and rollbacks.
-    pub async fn deployment_detail(&self, group: &str, id: &str) -> Result<Option<DeploymentDetail>, ServiceError> {
+    /// A deployment with its status, rollbacks and one page of its devices (every subgroup, in
+    /// id order after `devices.after`, optionally only those in `devices.state`), read at one
+    /// moment; `None` for an unknown deployment.
+    pub async fn deployment_detail(
+        &self,
+        group: &str,
+        id: &str,
+        devices: &DevicePage,
+    ) -> Result<Option<DeploymentDetail>, ServiceError> {
         let snapshot = self.snapshot().await?;
         let Some(deployment) = snapshot.deployment(group, id) else { return Ok(None) };
         let rollbacks = deployment
@@ -294,27 +316,12 @@ impl DeviceUpdate {
             .iter()
             .filter_map(|(class, s)| Some((class.clone(), s.rollback_deployment.clone()?)))
             .collect();
-        Ok(Some(DeploymentDetail { summary: summary(&snapshot, deployment), rollbacks }))
-    }
-
-    /// The devices of a deployment (every subgroup), in id order after `after`, optionally only
-    /// those in `state`, at most `limit`; and whether more follow.
-    pub async fn deployment_devices(
-        &self,
-        group: &str,
-        id: &str,
-        state: Option<DeviceState>,
-        after: &str,
-        limit: usize,
-    ) -> Result<(Vec<DeploymentDevice>, bool), ServiceError> {
-        let snapshot = self.snapshot().await?;
-        let Some(deployment) = snapshot.deployment(group, id) else {
-            return Err(ServiceError::NotFound(format!("deployment {id} of group {group} not found")));
-        };
         let mut rows: Vec<DeploymentDevice> = Vec::new();
         for class in deployment.subgroups.keys() {
             for s in snapshot.device_states(deployment, class).unwrap_or_default() {
-                if state.is_some_and(|wanted| wanted != s.state) || s.device.device_id.as_str() <= after {
+                if devices.state.is_some_and(|wanted| wanted != s.state)
+                    || s.device.device_id.as_str() <= devices.after.as_str()
+                {
                     continue;
                 }
                 let result = s.device.agent.last_install_result.as_ref();
@@ -331,9 +338,9 @@ impl DeviceUpdate {
             }
         }
         rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        Ok((rows, more))
+        let more = rows.len() > devices.limit;
+        rows.truncate(devices.limit);
+        Ok(Some(DeploymentDetail { summary: summary(&snapshot, deployment), rollbacks, devices: rows, more }))
     }
 
     /// A device's page; `None` when no such device is registered.

@@ -21,7 +21,7 @@ use super::auth::{Session, now_unix};
 use super::html::{Section, badge, csrf_field, esc, notice, progress, url};
 use super::updates::{id_value, parse_id_value};
 use super::{UiError, UiState, codes, html_page, query};
-use crate::du::console::{DeploymentDetail, DeploymentDevice};
+use crate::du::console::{DeploymentDetail, DeploymentDevice, DevicePage};
 use crate::du::deploy::DeviceState;
 use crate::du::model::{RollbackPolicy, StoredDeployment, valid_deployment_id};
 
@@ -219,6 +219,10 @@ struct TableView {
 }
 
 impl TableView {
+    fn page(&self) -> DevicePage {
+        DevicePage { state: self.state, after: self.after.clone(), limit: DEVICES_PER_PAGE }
+    }
+
     fn of(uri: &Uri) -> Self {
         let state = query(uri, "state").and_then(|s| match s.as_str() {
             "Succeeded" => Some(DeviceState::Succeeded),
@@ -252,10 +256,10 @@ pub(super) async fn deployment(
     let view = TableView::of(&uri);
     let detail = state
         .du
-        .deployment_detail(&group, &id)
+        .deployment_detail(&group, &id, &view.page())
         .await?
         .ok_or_else(|| UiError::not_found(format!("deployment {id} of group {group} not found")))?;
-    let live = live_fragment(&state, &session.csrf, &detail, &view).await?;
+    let live = live_fragment(&session.csrf, &detail, &view);
     let dep = &detail.summary.deployment;
     let base = format!("/ui/deployments/{}/{}", url(&group), url(&id));
     let mut body = format!(
@@ -296,17 +300,9 @@ pub(super) async fn deployment(
 
 /// The part of a deployment's page that changes: state, per-subgroup progress with cancel and
 /// retry, rollbacks, and the device table.
-async fn live_fragment(
-    state: &UiState,
-    csrf: &str,
-    detail: &DeploymentDetail,
-    view: &TableView,
-) -> Result<String, UiError> {
+fn live_fragment(csrf: &str, detail: &DeploymentDetail, view: &TableView) -> String {
     let dep = &detail.summary.deployment;
-    let (devices, more) = state
-        .du
-        .deployment_devices(&dep.group_id, &dep.deployment_id, view.state, &view.after, DEVICES_PER_PAGE)
-        .await?;
+    let (devices, more) = (&detail.devices, detail.more);
     let base = format!("/ui/deployments/{}/{}", url(&dep.group_id), url(&dep.deployment_id));
     let mut out = format!(
         "<p class=\"state\">State: <span id=\"deployment-state\">{}</span></p>{}",
@@ -361,11 +357,11 @@ async fn live_fragment(
             esc(rollback)
         );
     }
-    out.push_str(&device_table(&devices));
+    out.push_str(&device_table(devices));
     let first = format!("{base}{}", view.query(""));
     let next = more.then(|| devices.last().map(|d| format!("{base}{}", view.query(&d.device_id)))).flatten();
     out.push_str(&super::html::pager(&first, next, view.after.is_empty()));
-    Ok(out)
+    out
 }
 
 fn device_table(devices: &[DeploymentDevice]) -> String {
@@ -412,10 +408,11 @@ pub(super) async fn events(
     Path((group, id)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, UiError> {
-    if state.du.deployment_detail(&group, &id).await?.is_none() {
+    let view = TableView::of(&uri);
+    let exists = DevicePage { limit: 0, ..view.page() };
+    if state.du.deployment_detail(&group, &id, &exists).await?.is_none() {
         return Err(UiError::not_found(format!("deployment {id} of group {group} not found")));
     }
-    let view = TableView::of(&uri);
     let start = Live { state, session, group, id, view, last: String::new(), first: true, cost: Duration::ZERO };
     let stream = futures_util::stream::unfold(start, |mut live| async move {
         loop {
@@ -432,10 +429,10 @@ pub(super) async fn events(
                     continue;
                 }
             }
-            let fragment = match live.state.du.deployment_detail(&live.group, &live.id).await {
-                Ok(Some(detail)) => live_fragment(&live.state, &live.session.csrf, &detail, &live.view).await,
+            let fragment = match live.state.du.deployment_detail(&live.group, &live.id, &live.view.page()).await {
+                Ok(Some(detail)) => Ok(live_fragment(&live.session.csrf, &detail, &live.view)),
                 Ok(None) => return None,
-                Err(error) => Err(error.into()),
+                Err(error) => Err(error),
             };
             live.cost = started.elapsed();
             match fragment {
