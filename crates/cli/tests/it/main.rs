@@ -12,5 +12,6 @@ mod du;
 mod keys;
 mod manifest;
 mod readme;
+mod simulate;
 mod support;
 mod update;

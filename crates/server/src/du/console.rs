@@ -1,22 +1,20 @@
 //! The questions the operator dashboard (`ui`) asks, answered as typed values: the fleet
 //! overview, groups with their subgroups, a deployment with its per-device rows, a device with
 //! its timeline, the device list. The dashboard reads nothing else, so how these are computed
-//! (today from a [`Snapshot`](super::Snapshot); later from indexed per-device records) can
-//! change behind these signatures.
-
-use std::collections::BTreeMap;
+//! (from the per-device records `du_device`, counted by `GROUP BY` or read a keyset page at a
+//! time) can change behind these signatures.
 
 use duhub_proto::result::{ExtendedResultCode, ResultCode};
 use duhub_proto::twin::AgentState;
 use duhub_proto::update_id::UpdateId;
 use serde_json::{Value, json};
 
-use super::deploy::{Counts, DeviceState};
-use super::fleet::{DEFAULT_GROUP, DeviceClass, DeviceView, GROUP_TAG};
+use super::deploy::{self, Counts, DeviceState};
+use super::fleet::{DeviceClass, DeviceView, GROUP_TAG};
 use super::model::{StoredDeployment, StoredUpdate};
 use super::status::{Compliance, DeploymentStatus};
-use super::{DeviceUpdate, ServiceError, Snapshot};
-use crate::store::{DeviceListing, FleetRow, StoreError, TwinFilter};
+use super::{DeviceUpdate, ServiceError};
+use crate::store::{DeviceListing, FleetRow, RecordFilter, RecordRow, StoreError};
 
 /// What the overview page shows.
 #[derive(Debug, Clone)]
@@ -183,19 +181,22 @@ impl DeviceUpdate {
     pub async fn overview(&self) -> Result<Overview, ServiceError> {
         let (registered, online) = self.store.device_counts().await?;
         let snapshot = self.snapshot().await?;
-        let compliance = snapshot.compliance(&snapshot.devices);
+        let compliance = snapshot.compliance(None, None);
         let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        let mut failures: BTreeMap<ExtendedResultCode, u64> = BTreeMap::new();
-        for device in &snapshot.devices {
-            let Some((deployment, DeviceState::Failed)) = snapshot.device_deployment(device) else { continue };
-            let started = deployment.subgroups.get(&device.class.id).map(|s| s.started.as_str());
-            if started.and_then(parse_time).is_none_or(|at| at < day_ago) {
-                continue;
-            }
-            let code = device.agent.last_install_result.as_ref().and_then(|r| r.extended_result_code());
-            *failures.entry(code.unwrap_or_default()).or_default() += 1;
-        }
-        let mut recent_failures: Vec<_> = failures.into_iter().collect();
+        let recent: Vec<String> = snapshot
+            .deployments
+            .iter()
+            .flat_map(|d| d.subgroups.values())
+            .filter(|s| parse_time(&s.started).is_some_and(|at| at >= day_ago))
+            .map(|s| s.workflow_id.clone())
+            .collect();
+        let mut recent_failures: Vec<(ExtendedResultCode, u64)> = self
+            .store
+            .failures_by_code(&recent)
+            .await?
+            .into_iter()
+            .map(|(code, n)| (ExtendedResultCode(u32::try_from(code & 0xFFFF_FFFF).unwrap_or(0)), n))
+            .collect();
         recent_failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut active: Vec<DeploymentSummary> = snapshot
             .deployments
@@ -218,20 +219,20 @@ impl DeviceUpdate {
                 let subgroups = snapshot
                     .subgroups_of(&id)
                     .into_values()
-                    .map(|(class, members)| {
+                    .map(|(class, count)| {
                         let best = snapshot
-                            .best_update_for(&class, &members)
+                            .best_update_for(&id, &class)
                             .map(|b| (b.update.update_id.clone(), b.outdated_devices));
                         SubgroupOverview {
-                            device_count: members.len(),
-                            compliance: snapshot.compliance(members.iter().copied()),
+                            device_count: usize::try_from(count).unwrap_or(usize::MAX),
+                            compliance: snapshot.compliance(Some(&id), Some(&class.id)),
                             best_update: best,
                             class,
                         }
                     })
                     .collect();
                 GroupOverview {
-                    compliance: snapshot.compliance(snapshot.group_devices(&id)),
+                    compliance: snapshot.compliance(Some(&id), None),
                     device_count: summary.device_count,
                     deployments: summary.deployments,
                     subgroups,
@@ -242,54 +243,20 @@ impl DeviceUpdate {
     }
 
     /// Devices of a group with their device class ids, in id order after `after`, at most
-    /// `limit`, and whether more follow. A tagged group is read one page at a time through the
-    /// twin query (never the whole fleet); `$default` (no tag) needs the fleet.
+    /// `limit`, and whether more follow (one indexed page of the per-device records).
     pub async fn group_members(
         &self,
         group: &str,
         after: &str,
         limit: usize,
     ) -> Result<(Vec<(String, String)>, bool), ServiceError> {
-        let filter = if group == DEFAULT_GROUP { None } else { TwinFilter::tag(GROUP_TAG, group) };
-        let Some(filter) = filter else {
-            let snapshot = self.snapshot().await?;
-            let mut members = snapshot
-                .group_devices(group)
-                .into_iter()
-                .filter(|d| d.device_id.as_str() > after)
-                .map(|d| (d.device_id.clone(), d.class.id.clone()));
-            let page: Vec<_> = members.by_ref().take(limit).collect();
-            return Ok((page, members.next().is_some()));
-        };
-        let mut members = Vec::new();
-        let mut cursor = after.to_owned();
-        // Devices without an agent carry the tag too but are no members: read on until a page
-        // is full or the twins end.
-        loop {
-            let wanted = i64::try_from(limit).unwrap_or(1000).saturating_add(1);
-            let twins = self.store.query_twins(&filter, &cursor, wanted).await?;
-            let exhausted = twins.len() < usize::try_from(wanted).unwrap_or(usize::MAX);
-            for queried in &twins {
-                let twin = &queried.twin;
-                let row = FleetRow {
-                    device_id: twin.device_id.clone(),
-                    tags: Value::Object(twin.tags.clone()),
-                    desired: Value::Null,
-                    reported: Value::Object(twin.reported.clone()),
-                    model_id: twin.model_id.clone(),
-                };
-                if let Some(view) = DeviceView::from_row(&row) {
-                    if members.len() == limit {
-                        return Ok((members, true));
-                    }
-                    members.push((view.device_id, view.class.id));
-                }
-            }
-            match twins.last() {
-                Some(last) if !exhausted => cursor.clone_from(&last.twin.device_id),
-                _ => return Ok((members, false)),
-            }
-        }
+        let filter = RecordFilter { group_id: Some(group.to_owned()), ..Default::default() };
+        let wanted = i64::try_from(limit).unwrap_or(1000).saturating_add(1);
+        let after = (!after.is_empty()).then_some(after);
+        let mut rows = self.store.records(&filter, after, wanted).await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        Ok((rows.into_iter().map(|r| (r.device_id, r.class_id)).collect(), more))
     }
 
     /// Every deployment with its status, newest first.
@@ -309,37 +276,63 @@ impl DeviceUpdate {
         id: &str,
         devices: &DevicePage,
     ) -> Result<Option<DeploymentDetail>, ServiceError> {
-        let snapshot = self.snapshot().await?;
+        let snapshot = self.snapshot_of(Some(group)).await?;
         let Some(deployment) = snapshot.deployment(group, id) else { return Ok(None) };
         let rollbacks = deployment
             .subgroups
             .iter()
             .filter_map(|(class, s)| Some((class.clone(), s.rollback_deployment.clone()?)))
             .collect();
-        let mut rows: Vec<DeploymentDevice> = Vec::new();
-        for class in deployment.subgroups.keys() {
-            for s in snapshot.device_states(deployment, class).unwrap_or_default() {
-                if devices.state.is_some_and(|wanted| wanted != s.state)
-                    || s.device.device_id.as_str() <= devices.after.as_str()
-                {
+        // Pages of the group's records until the page is full: the state filter is computed, not
+        // stored, so it is applied here.
+        let filter = RecordFilter { group_id: Some(group.to_owned()), ..Default::default() };
+        let mut members: Vec<RecordRow> = Vec::new();
+        let mut cursor = devices.after.clone();
+        let mut more = false;
+        'pages: loop {
+            let batch = self.store.records(&filter, (!cursor.is_empty()).then_some(cursor.as_str()), 500).await?;
+            let exhausted = batch.len() < 500;
+            for record in batch {
+                cursor.clone_from(&record.device_id);
+                let Some(subgroup) = deployment.subgroups.get(&record.class_id) else { continue };
+                if deployment.target_devices.as_ref().is_some_and(|t| !t.contains(&record.device_id)) {
                     continue;
                 }
-                let result = s.device.agent.last_install_result.as_ref();
+                if devices.state.is_some_and(|s| s != deploy::device_state(deployment, subgroup, &record.facts)) {
+                    continue;
+                }
+                if members.len() == devices.limit {
+                    more = true;
+                    break 'pages;
+                }
+                members.push(record);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let mut rows = Vec::new();
+        for class in deployment.subgroups.keys() {
+            for s in snapshot.device_states(deployment, class, &members).unwrap_or_default() {
+                let twin = self.store.twin(&s.device.device_id).await?;
+                let result: Option<duhub_proto::twin::LastInstallResult> = twin
+                    .reported
+                    .get("deviceUpdate")
+                    .and_then(|d| d.pointer("/agent/lastInstallResult"))
+                    .and_then(|r| serde_json::from_value(r.clone()).ok());
                 rows.push(DeploymentDevice {
                     device_id: s.device.device_id.clone(),
                     class_id: class.clone(),
                     state: s.state,
                     moved_on: s.moved_on,
                     retry_count: s.retry_count,
-                    result_code: result.map(|r| r.result_code),
-                    extended_result_code: result.and_then(|r| r.extended_result_code()),
-                    result_details: result.and_then(|r| r.result_details.clone()),
+                    result_code: s.device.facts.result(),
+                    extended_result_code: result.as_ref().and_then(|r| r.extended_result_code()),
+                    result_details: result.and_then(|r| r.result_details),
                 });
             }
         }
         rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        let more = rows.len() > devices.limit;
-        rows.truncate(devices.limit);
         Ok(Some(DeploymentDetail { summary: summary(&snapshot, deployment), rollbacks, devices: rows, more }))
     }
 
@@ -354,9 +347,6 @@ impl DeviceUpdate {
         let reported = Value::Object(twin.reported.clone());
         let agent = reported.pointer("/deviceUpdate/agent").cloned().unwrap_or(Value::Null);
         let device_information = reported.get("deviceInformation").cloned().unwrap_or(Value::Null);
-        // A device's state in a deployment depends on it and the deployment records only, so a
-        // snapshot holding just this device answers as the whole fleet's would, without
-        // reading the fleet.
         let row = FleetRow {
             device_id: twin.device_id.clone(),
             tags: Value::Object(twin.tags.clone()),
@@ -364,28 +354,24 @@ impl DeviceUpdate {
             reported,
             model_id: twin.model_id.clone(),
         };
-        let (deployments, revisions) = self.deployments().await?.into_iter().unzip();
-        let snapshot = Snapshot {
-            now: crate::ids::now_rfc3339(),
-            devices: DeviceView::from_row(&row).into_iter().collect(),
-            deployments,
-            revisions,
-            updates: self.updates().await?,
-        };
-        let view = snapshot.devices.first();
+        let view = DeviceView::from_row(&row);
         let mut timeline = Vec::new();
-        if let Some(view) = view {
+        let mut on_latest = None;
+        if let Some(view) = &view {
+            let snapshot = self.snapshot_of(Some(&view.group_id)).await?;
+            on_latest = Some(snapshot.on_latest(&view.class, view.installed.as_ref()));
             for deployment in snapshot.deployments_of(&view.group_id, Some(&view.class.id)) {
-                let Some(states) = snapshot.device_states(deployment, &view.class.id) else { continue };
-                let Some(mine) = states.iter().find(|s| s.device.device_id == device_id) else { continue };
-                let subgroup = deployment.subgroups.get(&view.class.id);
+                let Some(subgroup) = deployment.subgroups.get(&view.class.id) else { continue };
+                if deployment.target_devices.as_ref().is_some_and(|t| !t.contains(&view.device_id)) {
+                    continue;
+                }
                 timeline.push(TimelineEntry {
                     deployment_id: deployment.deployment_id.clone(),
                     group_id: deployment.group_id.clone(),
                     update: deployment.update.clone(),
-                    started: subgroup.map(|s| s.started.clone()).unwrap_or_default(),
-                    state: mine.state,
-                    last_reported: subgroup.is_some_and(|s| view.reported_workflow() == Some(s.workflow_id.as_str())),
+                    started: subgroup.started.clone(),
+                    state: deploy::device_state(deployment, subgroup, view),
+                    last_reported: view.reported_workflow() == Some(subgroup.workflow_id.as_str()),
                 });
             }
             timeline.sort_by(|a, b| a.started.cmp(&b.started));
@@ -395,9 +381,9 @@ impl DeviceUpdate {
             connection_state: device.connection_state,
             connection_state_updated: device.connection_state_updated,
             last_activity: device.last_activity,
-            group: view.map(|v| v.group_id.clone()),
-            class: view.map(|v| v.class.clone()),
-            on_latest: view.map(|v| snapshot.on_latest(v)),
+            group: view.as_ref().map(|v| v.group_id.clone()),
+            class: view.as_ref().map(|v| v.class.clone()),
+            on_latest,
             agent,
             device_information,
             timeline,

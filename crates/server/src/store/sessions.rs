@@ -1,5 +1,6 @@
-//! What the operator dashboard (`ui`) alone needs from storage: its sign-in sessions, and the
-//! device list searched by id prefix, one keyset page at a time.
+//! What the operator dashboard (`ui`) alone needs from storage: its sign-in sessions, the
+//! device list searched by id prefix (one keyset page at a time), device counts, and failures
+//! counted by extended result code from the per-device records.
 //!
 //! A session is stored as the SHA-256 of its id (the cookie value never reaches the database)
 //! next to the SHA-256 of the API token it was opened with: a session is valid only while that
@@ -118,6 +119,29 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Devices whose last report is a failure (agent state 255) of one of `workflow_ids`, counted
+    /// by extended result code (the record's integer form).
+    pub async fn failures_by_code(&self, workflow_ids: &[String]) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut counts: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+        for chunk in workflow_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT COALESCE(extended_result_code, 0) AS code, COUNT(*) AS devices FROM du_device \
+                 WHERE agent_state = 255 AND workflow_id IN ({}) GROUP BY COALESCE(extended_result_code, 0)",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let devices = u64::try_from(row.try_get::<i64, _>("devices")?).unwrap_or(0);
+                *counts.entry(row.try_get("code")?).or_default() += devices;
+            }
+        }
+        Ok(counts.into_iter().collect())
     }
 
     /// Registered devices and how many of them are connected now.
