@@ -10,7 +10,8 @@
 //! `store` is the only module that knows SQL: `devices` (identities, connection state),
 //! `twins` (documents and their changes), `writer` (the durable write path), `events` (the
 //! event bus across nodes), `access` (shared access policies and API tokens), `du` (Device
-//! Update records) and `schema` (the tables and their upgrades).
+//! Update records), `sessions` (the dashboard's sign-in sessions and device search) and `schema`
+//! (the tables and their upgrades).
 
 mod access;
 mod devices;
@@ -19,6 +20,7 @@ mod events;
 mod query;
 mod record;
 mod schema;
+mod sessions;
 mod twins;
 mod writer;
 
@@ -30,6 +32,7 @@ pub use query::{QueriedTwin, TwinFilter};
 pub use record::{
     DEFAULT_GROUP, DuRecord, Facts, GROUP_TAG, RecordBucket, RecordFilter, RecordRow, class_body, class_id,
 };
+pub use sessions::{DeviceListing, UiSession};
 pub use twins::{Twin, etag_of};
 
 use std::sync::Arc;

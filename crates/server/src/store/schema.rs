@@ -99,6 +99,14 @@ const STEPS: &[&str] = &[
     CREATE INDEX du_device_workflow ON du_device (workflow_id, device_id);
     CREATE TABLE du_record_backfill (pending BIGINT NOT NULL);
     INSERT INTO du_record_backfill (pending) VALUES (1);",
+    "CREATE TABLE ui_sessions (
+        session_sha256 TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        csrf_token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX ui_sessions_token ON ui_sessions (token_sha256);",
 ];
 
 /// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an

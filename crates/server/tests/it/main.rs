@@ -20,6 +20,7 @@ mod rest;
 mod s3;
 mod support;
 mod twin;
+mod ui;
 
 /// Instantiates every `module::test` of the suite for SQLite and for PostgreSQL. Attributes
 /// before a test (such as `#[ignore = "bug: ..."]`) apply to both; `{ sqlite: #[...] }` after it
@@ -78,4 +79,6 @@ suite! {
     du::lists_page_and_requests_are_authenticated,
     record::the_record_always_agrees_with_the_twins,
     record::records_are_built_from_existing_twins_at_startup,
+    ui::sessions_csrf_and_origins_guard_every_page,
+    ui::pages_show_groups_deployments_and_decoded_results,
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::du::Snapshot;
 use crate::du::deploy;
-use crate::du::model::{RollbackPolicy, StoredDeployment};
+use crate::du::model::{RollbackPolicy, StoredDeployment, valid_deployment_id};
 use crate::du::status::SubgroupStatus;
 use crate::rest::du::{ApiVersion, DuError, DuState, Keyset, page};
 use crate::store::{RecordFilter, RecordRow};
@@ -106,11 +106,6 @@ pub(in crate::rest::du) async fn get_deployment(
 ) -> Result<Json<Value>, DuError> {
     let (snapshot, deployment) = find_deployment(&state, &group, &id).await?;
     Ok(Json(deployment_json(&snapshot, &deployment, &version)))
-}
-
-/// Whether a deployment id follows the service's rules.
-fn valid_deployment_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= 73 && !id.chars().any(|c| c.is_uppercase() || "&^[]{}|<>/\\\"".contains(c))
 }
 
 /// #29.
