@@ -44,6 +44,16 @@ impl ServeProcess {
     /// Starts `binary serve` on `data_dir` (SQLite in it unless `database_url` is given) and
     /// waits until it prints its addresses.
     pub async fn start(binary: &Path, data_dir: &Path, database_url: Option<&str>) -> Result<Self> {
+        Self::start_with_args(binary, data_dir, database_url, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with more `serve` arguments (such as `--config FILE`).
+    pub async fn start_with_args(
+        binary: &Path,
+        data_dir: &Path,
+        database_url: Option<&str>,
+        args: &[&str],
+    ) -> Result<Self> {
         crate::install_crypto_provider();
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new()
@@ -61,6 +71,7 @@ impl ServeProcess {
         if let Some(url) = database_url {
             command.args(["--database-url", url]);
         }
+        command.args(args);
         // The child's environment only: no settings leak in from the caller's.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("DUHUB_") {

@@ -205,6 +205,7 @@ impl Store {
             connected,
             model_id: model_id.map(str::to_owned),
             session,
+            node: self.node_id.clone(),
         };
         self.write(job).await.map(|_| ())
     }

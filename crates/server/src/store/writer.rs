@@ -55,8 +55,17 @@ impl Store {
 #[derive(Debug)]
 pub(super) enum Write {
     Twin(TwinChange),
-    Connection { device_id: String, connected: bool, model_id: Option<String>, session: Option<Option<MqttSession>> },
-    Session { device_id: String, session: Option<MqttSession> },
+    Connection {
+        device_id: String,
+        connected: bool,
+        model_id: Option<String>,
+        session: Option<Option<MqttSession>>,
+        node: Arc<str>,
+    },
+    Session {
+        device_id: String,
+        session: Option<MqttSession>,
+    },
 }
 
 /// What a write produced.
@@ -91,18 +100,20 @@ async fn apply_write(
             let (twin, event) = apply_change(tx, request, notify_node).await?;
             Ok((Written::Twin(Box::new(twin)), event))
         }
-        Write::Connection { device_id, connected, model_id, session } => {
+        Write::Connection { device_id, connected, model_id, session, node } => {
             let now = now_rfc3339();
             let state = if *connected { "Connected" } else { "Disconnected" };
+            // `connected_node`: the node holding the session, under its lease (store::nodes).
             sqlx::query(
                 "UPDATE devices SET connection_state = $1, connection_state_updated = $2, last_activity = $2, \
-                 model_id = CASE WHEN $3 THEN $4 ELSE model_id END WHERE device_id = $5",
+                 model_id = CASE WHEN $3 THEN $4 ELSE model_id END, connected_node = $6 WHERE device_id = $5",
             )
             .bind(state)
             .bind(&now)
             .bind(*connected)
             .bind(model_id.as_deref())
             .bind(device_id)
+            .bind(connected.then_some(&**node))
             .execute(&mut *tx)
             .await?;
             if let Some(session) = session {
