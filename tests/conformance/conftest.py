@@ -298,7 +298,8 @@ def duhub(pytestconfig, tmp_path_factory):
                 admin=admin,
                 ca_path=ca_path,
                 ca_pem=ca_path.read_text(),
-                service_connection_string=startup["serviceConnectionString"],
+                # Not on stdout when it is not a terminal (it holds the owner key): admin.json has it.
+                service_connection_string=admin["serviceConnectionString"],
                 database=startup["database"],
             )
             _server = server

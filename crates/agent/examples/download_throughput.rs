@@ -14,7 +14,8 @@ fn main() {
     let size: u64 = args[2].parse().unwrap();
     let mut sha256 = [0u8; 32];
     for (i, byte) in sha256.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&args[3][2 * i..2 * i + 2], 16).unwrap();
+        let digits = args[3].get(2 * i..2 * i + 2).expect("SHA256_HEX: 64 hex digits");
+        *byte = u8::from_str_radix(digits, 16).unwrap();
     }
     let ca = args.get(4).map(|path| std::fs::read(path).unwrap());
     let _ = rustls::crypto::ring::default_provider().install_default();

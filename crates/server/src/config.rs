@@ -8,6 +8,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+/// Default of [`Settings::https_idle_timeout_ms`]: two minutes.
+pub const DEFAULT_HTTPS_IDLE_TIMEOUT_MS: u64 = 120_000;
+/// Default of [`Settings::https_header_timeout_ms`]: 15 s.
+pub const DEFAULT_HTTPS_HEADER_TIMEOUT_MS: u64 = 15_000;
+/// Default of [`Settings::https_body_timeout_ms`]: 30 s.
+pub const DEFAULT_HTTPS_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Default of [`Settings::https_max_connections`].
+pub const DEFAULT_HTTPS_MAX_CONNECTIONS: usize = 2048;
+/// Default of [`Settings::upload_expiry_ms`]: one day.
+pub const DEFAULT_UPLOAD_EXPIRY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default of [`Settings::max_pending_upload_bytes`]: 10 GiB.
+pub const DEFAULT_MAX_PENDING_UPLOAD_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Default of [`Settings::node_lease_ms`]: 30 s.
+pub const DEFAULT_NODE_LEASE_MS: u64 = 30_000;
+
 /// Every setting, each optional so that sources can be layered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -44,6 +59,22 @@ pub struct Settings {
     pub page_size: Option<usize>,
     /// How often deployments are reconciled with the fleet, in milliseconds.
     pub reconcile_interval_ms: Option<u64>,
+    /// An HTTPS connection with no request in flight that moves no byte for this long (ms) is
+    /// closed.
+    pub https_idle_timeout_ms: Option<u64>,
+    /// The most time (ms) from the first byte of an HTTPS request to the end of its headers.
+    pub https_header_timeout_ms: Option<u64>,
+    /// The most time (ms) the server waits for the next part of a request body.
+    pub https_body_timeout_ms: Option<u64>,
+    /// The most HTTPS connections open at once; more are closed at accept.
+    pub https_max_connections: Option<usize>,
+    /// Uploaded update files that no import claims are deleted after this long (ms).
+    pub upload_expiry_ms: Option<u64>,
+    /// The most bytes of uploads not yet claimed by an import; an upload beyond gets 507.
+    pub max_pending_upload_bytes: Option<u64>,
+    /// How long (ms) a node's lease on its device sessions lasts without renewal: a node that
+    /// stops renewing (killed, cut off) has its devices recorded as disconnected after it.
+    pub node_lease_ms: Option<u64>,
 }
 
 impl Settings {
@@ -64,6 +95,13 @@ impl Settings {
             content_url: other.content_url.or(self.content_url),
             page_size: other.page_size.or(self.page_size),
             reconcile_interval_ms: other.reconcile_interval_ms.or(self.reconcile_interval_ms),
+            https_idle_timeout_ms: other.https_idle_timeout_ms.or(self.https_idle_timeout_ms),
+            https_header_timeout_ms: other.https_header_timeout_ms.or(self.https_header_timeout_ms),
+            https_body_timeout_ms: other.https_body_timeout_ms.or(self.https_body_timeout_ms),
+            https_max_connections: other.https_max_connections.or(self.https_max_connections),
+            upload_expiry_ms: other.upload_expiry_ms.or(self.upload_expiry_ms),
+            max_pending_upload_bytes: other.max_pending_upload_bytes.or(self.max_pending_upload_bytes),
+            node_lease_ms: other.node_lease_ms.or(self.node_lease_ms),
         }
     }
 
@@ -76,9 +114,15 @@ impl Settings {
     /// Reads `DUHUB_DATA_DIR`, `DUHUB_HOSTNAME`, `DUHUB_BIND`, `DUHUB_HTTPS_PORT`,
     /// `DUHUB_MQTT_PORT`, `DUHUB_MQTT_PLAIN_PORT`, `DUHUB_DATABASE_URL`, `DUHUB_INSTANCE_ID`,
     /// `DUHUB_PUBLIC_URL`, `DUHUB_KEYS_DIR`, `DUHUB_CONTENT_DIR`, `DUHUB_CONTENT_URL`,
-    /// `DUHUB_PAGE_SIZE` and `DUHUB_RECONCILE_INTERVAL_MS` from `vars`.
+    /// `DUHUB_PAGE_SIZE`, `DUHUB_RECONCILE_INTERVAL_MS`, `DUHUB_HTTPS_IDLE_TIMEOUT_MS`,
+    /// `DUHUB_HTTPS_HEADER_TIMEOUT_MS`, `DUHUB_HTTPS_BODY_TIMEOUT_MS`, `DUHUB_HTTPS_MAX_CONNECTIONS`,
+    /// `DUHUB_UPLOAD_EXPIRY_MS`, `DUHUB_MAX_PENDING_UPLOAD_BYTES` and `DUHUB_NODE_LEASE_MS` from
+    /// `vars`.
     pub fn from_env(vars: &HashMap<String, String>) -> Result<Settings> {
         let get = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
+        let number = |name: &str| -> Result<Option<u64>> {
+            get(name).map(|v| v.parse().with_context(|| format!("{name}={v} is not a number"))).transpose()
+        };
         let port = |name: &str| -> Result<Option<u16>> {
             get(name).map(|v| v.parse().with_context(|| format!("{name}={v} is not a port number"))).transpose()
         };
@@ -100,9 +144,16 @@ impl Settings {
             page_size: get("DUHUB_PAGE_SIZE")
                 .map(|v| v.parse().with_context(|| format!("DUHUB_PAGE_SIZE={v} is not a number")))
                 .transpose()?,
-            reconcile_interval_ms: get("DUHUB_RECONCILE_INTERVAL_MS")
-                .map(|v| v.parse().with_context(|| format!("DUHUB_RECONCILE_INTERVAL_MS={v} is not a number")))
+            reconcile_interval_ms: number("DUHUB_RECONCILE_INTERVAL_MS")?,
+            https_idle_timeout_ms: number("DUHUB_HTTPS_IDLE_TIMEOUT_MS")?,
+            https_header_timeout_ms: number("DUHUB_HTTPS_HEADER_TIMEOUT_MS")?,
+            https_body_timeout_ms: number("DUHUB_HTTPS_BODY_TIMEOUT_MS")?,
+            https_max_connections: number("DUHUB_HTTPS_MAX_CONNECTIONS")?
+                .map(|n| usize::try_from(n).context("DUHUB_HTTPS_MAX_CONNECTIONS is too large"))
                 .transpose()?,
+            upload_expiry_ms: number("DUHUB_UPLOAD_EXPIRY_MS")?,
+            max_pending_upload_bytes: number("DUHUB_MAX_PENDING_UPLOAD_BYTES")?,
+            node_lease_ms: number("DUHUB_NODE_LEASE_MS")?,
         })
     }
 
@@ -123,6 +174,13 @@ impl Settings {
             content_url: None,
             page_size: Some(100),
             reconcile_interval_ms: Some(5000),
+            https_idle_timeout_ms: Some(DEFAULT_HTTPS_IDLE_TIMEOUT_MS),
+            https_header_timeout_ms: Some(DEFAULT_HTTPS_HEADER_TIMEOUT_MS),
+            https_body_timeout_ms: Some(DEFAULT_HTTPS_BODY_TIMEOUT_MS),
+            https_max_connections: Some(DEFAULT_HTTPS_MAX_CONNECTIONS),
+            upload_expiry_ms: Some(DEFAULT_UPLOAD_EXPIRY_MS),
+            max_pending_upload_bytes: Some(DEFAULT_MAX_PENDING_UPLOAD_BYTES),
+            node_lease_ms: Some(DEFAULT_NODE_LEASE_MS),
         }
     }
 
@@ -173,6 +231,14 @@ pub struct Config {
     pub page_size: usize,
     /// Reconcile interval.
     pub reconcile_interval: std::time::Duration,
+    /// Timeouts and the connection cap of HTTPS.
+    pub https: crate::https::HttpsLimits,
+    /// How long an unclaimed upload is kept.
+    pub upload_expiry: std::time::Duration,
+    /// The most bytes of unclaimed uploads.
+    pub max_pending_upload_bytes: u64,
+    /// How long a node's lease on its sessions lasts without renewal.
+    pub node_lease: std::time::Duration,
 }
 
 impl Config {
@@ -196,9 +262,23 @@ impl Config {
             content_url: s.content_url,
             page_size: s.page_size.unwrap_or(100).max(1),
             reconcile_interval: std::time::Duration::from_millis(s.reconcile_interval_ms.unwrap_or(5000).max(10)),
+            https: crate::https::HttpsLimits {
+                idle_timeout: ms(s.https_idle_timeout_ms, DEFAULT_HTTPS_IDLE_TIMEOUT_MS),
+                header_timeout: ms(s.https_header_timeout_ms, DEFAULT_HTTPS_HEADER_TIMEOUT_MS),
+                body_timeout: ms(s.https_body_timeout_ms, DEFAULT_HTTPS_BODY_TIMEOUT_MS),
+                max_connections: s.https_max_connections.unwrap_or(DEFAULT_HTTPS_MAX_CONNECTIONS).max(1),
+            },
+            upload_expiry: ms(s.upload_expiry_ms, DEFAULT_UPLOAD_EXPIRY_MS),
+            max_pending_upload_bytes: s.max_pending_upload_bytes.unwrap_or(DEFAULT_MAX_PENDING_UPLOAD_BYTES),
+            node_lease: ms(s.node_lease_ms, DEFAULT_NODE_LEASE_MS),
             data_dir,
         }
     }
+}
+
+/// `value` (or `default`) milliseconds, at least 10.
+fn ms(value: Option<u64>, default: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(value.unwrap_or(default).max(10))
 }
 
 #[cfg(test)]
@@ -234,5 +314,28 @@ mod tests {
         assert!(toml::from_str::<Settings>("unknown = 1").is_err());
         let defaults: Settings = toml::from_str(&Settings::default_toml()).unwrap();
         assert_eq!(defaults, Settings::defaults());
+        assert!(Settings::from_env(&HashMap::from([("DUHUB_HTTPS_IDLE_TIMEOUT_MS".into(), "1s".into())])).is_err());
+    }
+
+    #[test]
+    fn hardening_limits_have_defaults_and_layers() {
+        let text = Settings::default_toml();
+        for name in [
+            "https_idle_timeout_ms",
+            "https_header_timeout_ms",
+            "https_body_timeout_ms",
+            "https_max_connections",
+            "upload_expiry_ms",
+            "max_pending_upload_bytes",
+            "node_lease_ms",
+        ] {
+            assert!(text.contains(name), "print-default-config names {name}");
+        }
+        let config = Config::resolve(Settings::default());
+        assert_eq!(config.https.max_connections, 2048);
+        assert_eq!(config.upload_expiry, std::time::Duration::from_secs(86_400));
+        assert_eq!(config.max_pending_upload_bytes, 10 << 30);
+        let env = Settings::from_env(&HashMap::from([("DUHUB_HTTPS_MAX_CONNECTIONS".into(), "5".into())])).unwrap();
+        assert_eq!(Config::resolve(env).https.max_connections, 5);
     }
 }

@@ -46,8 +46,8 @@ pub fn new_uuid() -> String {
     fill_random(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex(&bytes);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    let part = |range: std::ops::Range<usize>| hex(bytes.get(range).unwrap_or_default());
+    format!("{}-{}-{}-{}-{}", part(0..4), part(4..6), part(6..8), part(8..10), part(10..16))
 }
 
 /// Lower-case hex of `bytes`.
@@ -86,7 +86,7 @@ mod tests {
     fn uuids_are_version_4() {
         let id = new_uuid();
         assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
+        assert_eq!(id.get(14..15), Some("4"));
         assert_ne!(id, new_uuid());
     }
 

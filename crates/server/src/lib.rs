@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod du;
 pub mod fs;
+pub mod https;
 pub mod hub;
 pub mod ids;
 pub mod keystore;

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::du::content::ContentStore;
 use crate::du::{DeviceUpdate, DuSettings};
+use crate::https::{ConnectionCap, HttpsLimits};
 use crate::hub::{Hub, HubSettings};
 use crate::store::Store;
 use crate::tls::TlsFiles;
@@ -71,6 +72,9 @@ pub struct Running {
     pub du: Arc<DeviceUpdate>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The lock on the data directory, held while the node runs (released when dropped, and by
+    /// the kernel when the process dies however it dies).
+    _lock: std::fs::File,
 }
 
 impl Running {
@@ -87,12 +91,14 @@ impl Running {
                 () = &mut deadline => { self.tasks.abort_all(); break }
             }
         }
+        self.hub.release_lease().await;
     }
 }
 
 /// Boots a node from `config`.
 pub async fn start(config: &Config) -> Result<Running> {
     crate::fs::create_private_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let tls = TlsFiles::in_data_dir(&config.data_dir);
     if tls.ensure(&config.hostname)? {
         tracing::info!(ca = %tls.ca_cert.display(), "created the TLS certificates");
@@ -104,6 +110,11 @@ pub async fn start(config: &Config) -> Result<Running> {
         .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;
     let policy_key = store.ensure_policy(OWNER_POLICY).await?;
     let hub = Hub::start(store.clone(), HubSettings::new(&config.hostname));
+    // The node id of this data directory's previous run: its sessions died with it.
+    let node_id_path = config.data_dir.join(NODE_ID_FILE);
+    let previous_node = std::fs::read_to_string(&node_id_path).ok().map(|id| id.trim().to_owned());
+    hub.take_lease(config.node_lease, previous_node.as_deref()).await.context("taking this node's lease")?;
+    crate::fs::write_private(&node_id_path, node_id.as_bytes())?;
 
     let mqtt_listener = bind(config, config.mqtt_port).await?;
     let https_listener = bind(config, config.https_port).await?;
@@ -144,6 +155,8 @@ pub async fn start(config: &Config) -> Result<Running> {
         keys_dir: config.keys_dir.clone(),
         page_size: config.page_size,
         reconcile_interval: config.reconcile_interval,
+        upload_expiry: config.upload_expiry,
+        max_pending_upload_bytes: config.max_pending_upload_bytes,
     };
     let ca_pem = std::fs::read(&tls.ca_cert).with_context(|| format!("reading {}", tls.ca_cert.display()))?;
     let du = DeviceUpdate::new(store.clone(), content, du_settings, Some(&ca_pem))
@@ -157,9 +170,55 @@ pub async fn start(config: &Config) -> Result<Running> {
         tasks.spawn(accept_mqtt(listener, None, hub.clone(), stopped.clone()));
     }
     tasks.spawn(du.clone().run(stopped.clone()));
+    tasks.spawn(du.clone().expire_uploads(stopped.clone()));
+    tasks.spawn(hub.clone().hold_lease(config.node_lease, stopped.clone()));
     let app = crate::app::app(hub.clone(), du.clone(), config.hostname.clone());
-    tasks.spawn(accept_https(https_listener, acceptor, app, stopped));
-    Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, du, stop, tasks })
+    tasks.spawn(accept_https(https_listener, acceptor, app, config.https, stopped));
+    Ok(Running { https, mqtt, mqtt_plain, admin, admin_path, hub, du, stop, tasks, _lock: lock })
+}
+
+/// The file in the data directory that names the node running on it (its id in the store).
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// The name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "duhub.lock";
+
+/// Locks `<data_dir>/duhub.lock` (an advisory lock the kernel drops with the process) and writes
+/// this process's id into it; fails, naming the other process, when another node holds it. Two
+/// nodes on one data directory would share `admin.json`, keys and (with SQLite) the database
+/// while each believing it alone holds its devices' sessions.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = data_dir.join(LOCK_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() { "another process".to_owned() } else { format!("process {holder}") };
+            anyhow::bail!(
+                "the data directory {} is in use by another duhub node ({who} holds {}); stop it, or give this node \
+                 a data directory of its own (--data-dir)",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0).and_then(|()| file.rewind()).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
 }
 
 async fn bind(config: &Config, port: u16) -> Result<TcpListener> {
@@ -245,20 +304,22 @@ async fn accept_mqtt(listener: TcpListener, tls: Option<TlsAcceptor>, hub: Arc<H
     .await;
 }
 
-async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router, stopped: watch::Receiver<bool>) {
+async fn accept_https(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    app: axum::Router,
+    limits: HttpsLimits,
+    stopped: watch::Receiver<bool>,
+) {
+    let cap = ConnectionCap::new(limits.max_connections);
     accept_loop(listener, "HTTPS", stopped, move |stream, peer| {
         let tls = tls.clone();
         let app = app.clone();
+        let permit = cap.try_admit(peer);
         async move {
+            let Some(_permit) = permit else { return };
             let Some(stream) = handshake(&tls, stream, peer).await else { return };
-            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(error) =
-                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).await
-            {
-                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
-            }
+            crate::https::serve_connection(stream, peer, app, limits).await;
         }
     })
     .await;
@@ -266,14 +327,23 @@ async fn accept_https(listener: TcpListener, tls: TlsAcceptor, app: axum::Router
 
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.split_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/duhub.db"), "sqlite://data/duhub.db");
+        assert_eq!(redact("postgres://\u{e9}:p\u{e9}@h/db"), "postgres://\u{e9}:***@h/db");
     }
 }

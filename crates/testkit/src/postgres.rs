@@ -125,14 +125,14 @@ fn with_database(url: &str, name: &str) -> String {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
     };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
+    let (scheme, rest) = match base.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), base),
     };
+    let authority = rest.split_once('/').map_or(rest, |(authority, _)| authority);
     match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
+        Some(query) => format!("{scheme}{authority}/{name}?{query}"),
+        None => format!("{scheme}{authority}/{name}"),
     }
 }
 

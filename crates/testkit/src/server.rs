@@ -59,7 +59,16 @@ impl TestServer {
     ///
     /// If it cannot start.
     pub async fn start() -> Self {
-        Self::boot(None, None).await
+        Self::boot(None, None, Settings::default()).await
+    }
+
+    /// A server on SQLite with `settings` over the test defaults (limits, timeouts).
+    ///
+    /// # Panics
+    ///
+    /// If it cannot start.
+    pub async fn start_with_settings(settings: Settings) -> Self {
+        Self::boot(None, None, settings).await
     }
 
     /// A server on the database of `database_url` (which is neither created nor dropped).
@@ -68,7 +77,7 @@ impl TestServer {
     ///
     /// If it cannot start.
     pub async fn start_with_database_url(database_url: &str) -> Self {
-        Self::boot(Some(database_url.to_owned()), None).await
+        Self::boot(Some(database_url.to_owned()), None, Settings::default()).await
     }
 
     /// A server on `backend`; for PostgreSQL on a fresh database dropped with the server.
@@ -88,12 +97,12 @@ impl TestServer {
                 };
                 let database =
                     TestDatabase::create(&url).await.unwrap_or_else(|e| panic!("creating a test database: {e:#}"));
-                Some(Self::boot(Some(database.url.clone()), Some(database)).await)
+                Some(Self::boot(Some(database.url.clone()), Some(database), Settings::default()).await)
             }
         }
     }
 
-    async fn boot(database_url: Option<String>, database: Option<TestDatabase>) -> Self {
+    async fn boot(database_url: Option<String>, database: Option<TestDatabase>, settings: Settings) -> Self {
         crate::install_crypto_provider();
         let data_dir = tempfile::Builder::new()
             .prefix("duhub-test-")
@@ -101,19 +110,22 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("creating a temporary data directory: {e}"));
         let database_url =
             database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.path().join("duhub.db").display()));
-        let config = Config::resolve(Settings {
-            data_dir: Some(data_dir.path().to_owned()),
-            hostname: Some(crate::HOSTNAME.to_owned()),
-            bind: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            https_port: Some(0),
-            mqtt_port: Some(0),
-            mqtt_plain_port: None,
-            database_url: Some(database_url.clone()),
-            // Small pages and a fast reconciler, so tests see paging and deployments quickly.
-            page_size: Some(TEST_PAGE_SIZE),
-            reconcile_interval_ms: Some(100),
-            ..Settings::default()
-        });
+        let config = Config::resolve(
+            Settings {
+                data_dir: Some(data_dir.path().to_owned()),
+                hostname: Some(crate::HOSTNAME.to_owned()),
+                bind: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                https_port: Some(0),
+                mqtt_port: Some(0),
+                mqtt_plain_port: None,
+                database_url: Some(database_url.clone()),
+                // Small pages and a fast reconciler, so tests see paging and deployments quickly.
+                page_size: Some(TEST_PAGE_SIZE),
+                reconcile_interval_ms: Some(100),
+                ..Settings::default()
+            }
+            .overridden_by(settings),
+        );
         let running = duhub_server::server::start(&config).await.unwrap_or_else(|e| {
             panic!("starting the server on {}: {e:#}", duhub_server::server::redact(&database_url))
         });

@@ -1,5 +1,7 @@
 //! `duhub serve`: run a node until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal as _;
+
 use anyhow::{Context as _, Result};
 use duhub_server::config::{Config, Settings};
 use serde_json::json;
@@ -33,6 +35,10 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let running = duhub_server::server::start(&config).await?;
+        // The connection string carries the owner key: on stdout only when a person reads it
+        // (under systemd stdout lands in the journal); otherwise it is in admin.json (0600).
+        let on_terminal = std::io::stdout().is_terminal();
+        let connection_string = on_terminal.then(|| running.admin.service_connection_string.clone());
         if args.json {
             print_json(&json!({
                 "https": running.https.to_string(),
@@ -40,13 +46,13 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
                 "mqttPlain": running.mqtt_plain.map(|a| a.to_string()),
                 "admin": running.admin_path,
                 "caCertificate": running.admin.ca_certificate,
-                "serviceConnectionString": running.admin.service_connection_string,
+                "serviceConnectionString": connection_string,
                 "database": duhub_server::server::redact(&config.database_url),
                 "deviceUpdate": format!("{}/deviceUpdate/{}", running.admin.https_url, running.admin.instance_id),
                 "keysDir": running.admin.keys_dir,
             }))?;
         } else {
-            banner(&config, &running);
+            banner(&config, &running, connection_string.as_deref());
         }
         wait_for_stop().await;
         tracing::info!("shutting down");
@@ -56,7 +62,7 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn banner(config: &Config, running: &duhub_server::server::Running) {
+fn banner(config: &Config, running: &duhub_server::server::Running, connection_string: Option<&str>) {
     let admin = &running.admin;
     println!("duhub is running (data in {})", config.data_dir.display());
     println!("  REST API and MQTT over WebSocket: {} (listening on {})", admin.https_url, running.https);
@@ -83,7 +89,13 @@ fn banner(config: &Config, running: &duhub_server::server::Running) {
         admin.ca_certificate.display()
     );
     println!();
-    println!("Service connection string (keep it secret): {}", admin.service_connection_string);
+    match connection_string {
+        Some(connection_string) => println!("Service connection string (keep it secret): {connection_string}"),
+        None => println!(
+            "The service connection string is serviceConnectionString in {} (not printed: stdout is not a terminal).",
+            running.admin_path.display()
+        ),
+    }
     println!("CLI commands on this machine read {}.", running.admin_path.display());
     println!("The Device Update API token is apiToken in that file (`duhub token create NAME` makes more).");
     println!("Create a device:  duhub device create my-device");

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod device;
 mod du;
+mod hardening;
 mod keys;
 mod manifest;
 mod readme;

@@ -730,8 +730,8 @@ fn quote(text: &str) -> String {
 fn render(value: &Value) -> String {
     const SHOWN: usize = 128;
     let text = value.to_string();
-    match text.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
+    match text.char_indices().nth(SHOWN).and_then(|(cut, _)| text.get(..cut)) {
+        Some(shown) => format!("{shown}…"),
         None => text,
     }
 }

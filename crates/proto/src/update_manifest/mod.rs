@@ -758,7 +758,8 @@ pub fn file_id(update: &UpdateId, file_name: &str) -> String {
 
 /// Whether `id` has the service's file id form.
 pub fn is_service_file_id(id: &str) -> bool {
-    id.len() == 17 && id.starts_with('f') && id[1..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    id.len() == 17
+        && id.strip_prefix('f').is_some_and(|hex| hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// A manifest too large for a twin, split into the mini manifest and the file holding the full one.

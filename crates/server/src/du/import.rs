@@ -144,6 +144,8 @@ fn is_fetchable(url: &str) -> bool {
 struct Added {
     blobs: Vec<String>,
     updates: Vec<String>,
+    /// Uploads the import used: claimed (no longer expire) once it succeeds.
+    uploads: Vec<String>,
 }
 
 impl DeviceUpdate {
@@ -157,6 +159,8 @@ impl DeviceUpdate {
         let result = self.import_all(operation_id, items, &mut added).await;
         if result.is_err() {
             self.undo(&added).await;
+        } else {
+            self.claim_uploads(&added.uploads).await;
         }
         result
     }
@@ -399,6 +403,7 @@ impl DeviceUpdate {
                     format!("{what}: the upload's SHA-256 is not the one the manifest gives"),
                 ));
             }
+            added.uploads.push(id.to_owned());
             return Ok(Blob { sha256: expected.sha256, size });
         }
         let existed = self

@@ -36,6 +36,7 @@ mod reconciler;
 mod snapshot;
 pub mod status;
 mod updates;
+mod uploads;
 
 pub use self::snapshot::Snapshot;
 
@@ -100,6 +101,10 @@ pub struct DuSettings {
     pub page_size: usize,
     /// Reconcile interval.
     pub reconcile_interval: Duration,
+    /// Uploads no import claims are deleted after this long.
+    pub upload_expiry: Duration,
+    /// The most bytes of uploads not yet claimed.
+    pub max_pending_upload_bytes: u64,
 }
 
 /// The Device Update service of one node.

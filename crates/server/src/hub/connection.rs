@@ -7,17 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use duhub_proto::iothub::{self, ConnectUsername, DeviceTopic};
-use duhub_proto::sas::SasToken;
-use rumqttc::{
-    ConnAck, ConnectReturnCode, Packet, Protocol, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
-};
+use duhub_proto::iothub::{self, DeviceTopic};
+use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Command, Hub};
+use super::{Command, Hub, frame};
 use crate::store::{DeviceStatus, MqttSession, StoreError};
 
 /// Why a connection ended (for the log).
@@ -51,10 +48,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The next packet, reading as needed; `None` when the peer closed cleanly between packets.
     async fn next(&mut self) -> Result<Option<Packet>, End> {
         loop {
-            match Packet::read(&mut self.read, self.max_packet) {
-                Ok(packet) => return Ok(Some(packet)),
-                Err(rumqttc::Error::InsufficientBytes(_)) => {}
-                Err(error) => return Err(End::Protocol(error.to_string())),
+            if let Some(packet) = frame::read_packet(&mut self.read, self.max_packet).map_err(End::Protocol)? {
+                return Ok(Some(packet));
             }
             self.read.reserve(1024);
             let n = self.stream.read_buf(&mut self.read).await.map_err(End::Io)?;
@@ -81,9 +76,14 @@ struct Identity {
     persistent: bool,
     /// The stored session this connection resumes, if any.
     resumed: Option<MqttSession>,
+    /// When the SAS token expires (seconds since the Unix epoch): the session ends then, as on
+    /// IoT Hub, and the device reconnects with a fresh token.
+    token_expiry: u64,
 }
 
-pub(super) async fn run<S>(hub: Arc<Hub>, stream: S, peer: SocketAddr, connection: u64)
+/// Serves the connection; `registered` is set to the device id once its session is registered
+/// (so that [`Hub::serve`] can clean up after a panic).
+pub(super) async fn run<S>(hub: Arc<Hub>, stream: S, peer: SocketAddr, connection: u64, registered: &mut Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -112,6 +112,7 @@ where
     let device_id = identity.device_id.clone();
     let (commands, mut inbox) = mpsc::channel(64);
     hub.register(&device_id, connection, commands);
+    *registered = Some(device_id.clone());
     let session = format!("{}/{connection}", hub.store.node_id());
     if let Err(error) =
         hub.store.publish(crate::store::Event::SessionOpened { device_id: device_id.clone(), session }).await
@@ -156,43 +157,11 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, conn: &mut C
     let Packet::Connect(connect) = packet else {
         return Err(End::Protocol("the first packet is not CONNECT".into()));
     };
+    let claims =
+        frame::connect_claims(&connect, &hub.settings.hostname).map_err(|(code, why)| End::Refused(code, why))?;
     let refuse = |code, why: String| Err(End::Refused(code, why));
-    if connect.protocol != Protocol::V4 {
-        return refuse(ConnectReturnCode::RefusedProtocolVersion, "only MQTT 3.1.1 is supported".into());
-    }
-    let (device_id, module_id) = iothub::split_client_id(&connect.client_id);
-    if device_id.is_empty() {
-        return refuse(ConnectReturnCode::BadClientId, "empty client id".into());
-    }
-    if module_id.is_some() {
-        return refuse(ConnectReturnCode::BadClientId, "module identities are not supported yet".into());
-    }
-    let Some(login) = connect.login else {
-        return refuse(ConnectReturnCode::BadUserNamePassword, "no username and password".into());
-    };
-    let username = match ConnectUsername::parse(&login.username) {
-        Ok(u) => u,
-        Err(e) => return refuse(ConnectReturnCode::BadUserNamePassword, e.to_string()),
-    };
-    if username.client_id != connect.client_id {
-        return refuse(ConnectReturnCode::BadUserNamePassword, "the username names another client id".into());
-    }
-    let token = match SasToken::parse(&login.password) {
-        Ok(t) => t,
-        Err(e) => return refuse(ConnectReturnCode::BadUserNamePassword, format!("password is not a SAS token: {e}")),
-    };
-    match token.device_of() {
-        Some((host, id, None)) if id == device_id && host.eq_ignore_ascii_case(&hub.settings.hostname) => {}
-        _ => {
-            return refuse(
-                ConnectReturnCode::NotAuthorized,
-                format!(
-                    "the token's resource {:?} is not {}/devices/{device_id}",
-                    token.resource, hub.settings.hostname
-                ),
-            );
-        }
-    }
+    let device_id = claims.device_id.as_str();
+    let token = &claims.token;
     let device = match hub.store.device(device_id).await {
         Ok(d) => d,
         Err(StoreError::NotFound(_)) => return refuse(ConnectReturnCode::NotAuthorized, "unknown device".into()),
@@ -211,11 +180,12 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, conn: &mut C
         return refuse(ConnectReturnCode::NotAuthorized, why.into());
     }
     Ok(Identity {
-        device_id: device_id.to_owned(),
-        model_id: username.model_id().map(str::to_owned),
-        keep_alive: connect.keep_alive,
-        persistent: !connect.clean_session,
-        resumed: if connect.clean_session { None } else { device.mqtt_session },
+        resumed: if claims.persistent { device.mqtt_session } else { None },
+        device_id: claims.device_id,
+        model_id: claims.model_id,
+        keep_alive: claims.keep_alive,
+        persistent: claims.persistent,
+        token_expiry: claims.token.expiry,
     })
 }
 
@@ -229,6 +199,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods without a packet end the session.
     let keep_alive = (identity.keep_alive > 0).then(|| Duration::from_millis(u64::from(identity.keep_alive) * 1500));
     let mut deadline = keep_alive.map(|k| Instant::now() + k);
+    let token_expires = token_deadline(identity.token_expiry, SystemTime::now());
     loop {
         let packet = tokio::select! {
             packet = conn.next() => packet,
@@ -245,6 +216,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             () = sleep_until(deadline) => return End::Closed("keep-alive timeout"),
+            () = sleep_until(token_expires) => return End::Closed("the SAS token expired"),
         };
         let packet = match packet {
             Ok(Some(packet)) => packet,
@@ -256,6 +228,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return end;
         }
     }
+}
+
+/// The instant a token expiring at `expiry` (seconds since the Unix epoch) runs out, `now`
+/// being the wall clock (the first instant a check at whole seconds calls it expired).
+/// `None` when that is too far away to represent (the session then never expires).
+fn token_deadline(expiry: u64, now: SystemTime) -> Option<Instant> {
+    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(expiry)) {
+        Some(expires) => expires.duration_since(now).unwrap_or(Duration::ZERO),
+        None => return None,
+    };
+    Instant::now().checked_add(left)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -272,6 +255,15 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     state: &mut SessionState,
     packet: Packet,
 ) -> Result<(), End> {
+    #[cfg(feature = "test-hooks")]
+    if let Packet::Publish(publish) = &packet
+        && publish.topic == super::TEST_PANIC_TOPIC
+    {
+        #[allow(clippy::panic)]
+        {
+            panic!("test hook: a panicking device connection");
+        }
+    }
     match packet {
         Packet::PingReq => conn.send(Packet::PingResp).await,
         Packet::Disconnect => Err(End::Closed("the device disconnected")),
@@ -323,18 +315,7 @@ async fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
     identity: &Identity,
     publish: Publish,
 ) -> Result<(), End> {
-    if publish.qos == QoS::ExactlyOnce {
-        return Err(End::Protocol("QoS 2 is not supported".into()));
-    }
-    let topic = DeviceTopic::parse(&publish.topic);
-    if matches!(topic, DeviceTopic::Unknown) {
-        return Err(End::Protocol(format!("publish to an unknown topic {:?}", publish.topic)));
-    }
-    if let DeviceTopic::Telemetry { device_id, .. } = &topic
-        && device_id != &identity.device_id
-    {
-        return Err(End::Protocol(format!("telemetry for another device {device_id:?}")));
-    }
+    let topic = frame::classify_publish(&publish, &identity.device_id).map_err(End::Protocol)?;
     if publish.qos == QoS::AtLeastOnce {
         conn.send(Packet::PubAck(PubAck::new(publish.pkid))).await?;
     }
@@ -349,14 +330,12 @@ async fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
             respond(conn, status, &rid, version, &body).await
         }
         DeviceTopic::TwinPatchReported { rid } => {
-            let (status, version, body) = match serde_json::from_slice::<Value>(&publish.payload) {
+            let (status, version, body) = match frame::reported_patch(&publish.payload) {
                 Ok(patch) => match hub.store.patch_reported(&identity.device_id, &patch).await {
                     Ok(twin) => (204, u64::try_from(twin.reported_version).ok(), Value::Null),
                     Err(error) => failure(&error),
                 },
-                Err(error) => {
-                    (400, None, json!({"errorCode": 400, "message": format!("the patch is not JSON: {error}")}))
-                }
+                Err(message) => (400, None, json!({"errorCode": 400, "message": message})),
             };
             respond(conn, status, &rid, version, &body).await
         }

@@ -6,11 +6,15 @@
 //! the first (on this node directly, on other nodes through [`Event::SessionOpened`]).
 
 mod connection;
+pub(crate) mod frame;
+mod lease;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures_util::FutureExt as _;
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,6 +31,14 @@ pub(crate) enum Command {
     /// Close the connection.
     Close(&'static str),
 }
+
+/// With the `test-hooks` feature: a request to this path panics in its handler.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_PATH: &str = "/test-hooks/panic";
+
+/// With the `test-hooks` feature: a device publishing to this topic panics its connection task.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_TOPIC: &str = "$duhub/test-hooks/panic";
 
 struct Session {
     connection: u64,
@@ -103,16 +115,43 @@ impl Hub {
 
     /// Number of devices connected to this node.
     pub fn connected(&self) -> usize {
-        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+        self.sessions().len()
+    }
+
+    /// The session map. A panic elsewhere while it was held (a bug) does not make it unusable:
+    /// every change to it is a single insert or remove, so it is consistent.
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Serves one device connection (TLS already terminated) until it ends.
+    ///
+    /// A panic in the connection (a bug) ends this connection only: it is logged, and the
+    /// device's session is removed here and recorded as disconnected, as at any other end.
     pub async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        connection::run(self, stream, peer, id).await;
+        let mut registered = None;
+        let outcome = std::panic::AssertUnwindSafe(connection::run(self.clone(), stream, peer, id, &mut registered))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%peer, device = registered.as_deref().unwrap_or(""), panic = %message,
+                "a device connection panicked (a bug); closed it");
+            if let Some(device_id) = registered
+                && self.unregister(&device_id, id)
+                && let Err(error) = self.store.set_connection(&device_id, false, None, None).await
+            {
+                tracing::warn!(%error, device = %device_id, "could not record the disconnection");
+            }
+        }
     }
 
     async fn on_event(&self, event: Event) {
@@ -146,23 +185,21 @@ impl Hub {
 
     /// Asks every session on this node to close (at shutdown).
     pub fn close_all(&self, reason: &'static str) {
-        let sessions: Vec<mpsc::Sender<Command>> =
-            self.sessions.lock().map(|s| s.values().map(|s| s.commands.clone()).collect()).unwrap_or_default();
+        let sessions: Vec<mpsc::Sender<Command>> = self.sessions().values().map(|s| s.commands.clone()).collect();
         for commands in sessions {
             let _ = commands.try_send(Command::Close(reason));
         }
     }
 
     fn sender(&self, device_id: &str) -> Option<mpsc::Sender<Command>> {
-        let sessions = self.sessions.lock().ok()?;
-        sessions.get(device_id).map(|s| s.commands.clone())
+        self.sessions().get(device_id).map(|s| s.commands.clone())
     }
 
     /// Closes the device's session. With `taken_over` (it connected to another node) the session
     /// is forgotten here at once, so that its end does not record the device as disconnected;
     /// otherwise the ending session records it.
     fn close(&self, device_id: &str, reason: &'static str, taken_over: bool) {
-        let Ok(mut sessions) = self.sessions.lock() else { return };
+        let mut sessions = self.sessions();
         let commands = if taken_over {
             sessions.remove(device_id).map(|s| s.commands)
         } else {
@@ -175,11 +212,7 @@ impl Hub {
 
     /// Makes `connection` the session of `device_id`, closing the one it replaces.
     fn register(&self, device_id: &str, connection: u64, commands: mpsc::Sender<Command>) {
-        let previous = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|mut s| s.insert(device_id.to_owned(), Session { connection, commands }));
+        let previous = self.sessions().insert(device_id.to_owned(), Session { connection, commands });
         if let Some(previous) = previous {
             let _ = previous.commands.try_send(Command::Close("a new connection with the same device id replaced it"));
         }
@@ -187,7 +220,7 @@ impl Hub {
 
     /// Removes the session if it is still `connection`'s; returns whether it was.
     fn unregister(&self, device_id: &str, connection: u64) -> bool {
-        let Ok(mut sessions) = self.sessions.lock() else { return false };
+        let mut sessions = self.sessions();
         if sessions.get(device_id).is_some_and(|s| s.connection == connection) {
             sessions.remove(device_id);
             return true;

@@ -34,6 +34,10 @@ pub(crate) fn device_json(device: &Device) -> Value {
     })
 }
 
+/// The most devices `GET /devices` returns, as IoT Hub: "any value [of `top`] outside the range
+/// of 1-1000 is considered to be 1000".
+pub(crate) const MAX_DEVICES_LISTED: i64 = 1000;
+
 /// `?top=` of the device list.
 #[derive(Debug, Deserialize)]
 pub(super) struct ListQuery {
@@ -45,7 +49,8 @@ pub(super) async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let devices = state.hub.store().devices(None, query.top.unwrap_or(1000)).await?;
+    let top = query.top.filter(|top| (1..=MAX_DEVICES_LISTED).contains(top)).unwrap_or(MAX_DEVICES_LISTED);
+    let devices = state.hub.store().devices(None, top).await?;
     Ok(Json(Value::Array(devices.iter().map(device_json).collect())))
 }
 

@@ -206,6 +206,7 @@ impl Store {
             connected,
             model_id: model_id.map(str::to_owned),
             session,
+            node: self.node_id.clone(),
         };
         self.write(job).await.map(|_| ())
     }

@@ -17,11 +17,13 @@ mod access;
 mod devices;
 mod du;
 mod events;
+mod nodes;
 mod query;
 mod record;
 mod schema;
 mod sessions;
 mod twins;
+mod uploads;
 mod writer;
 
 pub use access::ApiToken;
@@ -138,24 +140,24 @@ impl Store {
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         let pool = match backend {
             Backend::Sqlite => {
+                let url = sqlite_url_with_create(&create_private_sqlite_file(url)?);
+                probe(&url, SQLITE_PRAGMAS).await?;
                 options
                     .max_connections(6)
                     .after_connect(|connection, _| {
                         Box::pin(async move {
                             use sqlx::Executor as _;
-                            connection
-                                .execute(
-                                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; \
-                                     PRAGMA foreign_keys=ON;",
-                                )
-                                .await?;
+                            connection.execute(SQLITE_PRAGMAS).await?;
                             Ok(())
                         })
                     })
-                    .connect(&sqlite_url_with_create(&create_private_sqlite_file(url)?))
+                    .connect(&url)
                     .await?
             }
-            Backend::Postgres => options.max_connections(16 + writer::POSTGRES_LANES as u32).connect(url).await?,
+            Backend::Postgres => {
+                probe(url, "SELECT 1").await?;
+                options.max_connections(16 + writer::POSTGRES_LANES as u32).connect(url).await?
+            }
         };
         let (events, _) = broadcast::channel(4096);
         schema::migrate(&pool, backend).await?;
@@ -179,6 +181,21 @@ impl Store {
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
+}
+
+/// What every SQLite connection runs first (WAL also needs a writable directory).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;";
+
+/// Opens one connection and runs `setup` on it, so that a database that cannot be used (a
+/// read-only file or directory, a refused login, a server that is not there) fails at once with
+/// its own error, instead of the pool retrying until its acquire timeout says "pool timed out".
+async fn probe(url: &str, setup: &'static str) -> Result<(), StoreError> {
+    use sqlx::{Connection as _, Executor as _};
+    let mut connection = sqlx::AnyConnection::connect(url).await?;
+    connection.execute(setup).await?;
+    connection.close().await?;
+    Ok(())
 }
 
 /// Creates the SQLite file with mode 0600 if it does not exist (it holds device keys); returns

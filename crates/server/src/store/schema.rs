@@ -107,6 +107,21 @@ const STEPS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
     CREATE INDEX ui_sessions_token ON ui_sessions (token_sha256);",
+    // Issue 11: uploads no import has claimed yet (they expire), and which node holds each
+    // device's session under a lease that other nodes see expire.
+    "CREATE TABLE du_uploads (
+        blob_id TEXT PRIMARY KEY,
+        size_bytes BIGINT NOT NULL,
+        uploaded_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX du_uploads_by_time ON du_uploads (uploaded_at_ms);
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        lease_until_ms BIGINT NOT NULL
+    );
+    CREATE INDEX nodes_by_lease ON nodes (lease_until_ms);
+    ALTER TABLE devices ADD COLUMN connected_node TEXT;
+    CREATE INDEX devices_by_connected_node ON devices (connected_node);",
 ];
 
 /// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an

@@ -86,8 +86,17 @@ fn lane_of(device_id: &str, lanes: usize) -> usize {
 #[derive(Debug)]
 pub(super) enum Write {
     Twin(TwinChange),
-    Connection { device_id: String, connected: bool, model_id: Option<String>, session: Option<Option<MqttSession>> },
-    Session { device_id: String, session: Option<MqttSession> },
+    Connection {
+        device_id: String,
+        connected: bool,
+        model_id: Option<String>,
+        session: Option<Option<MqttSession>>,
+        node: Arc<str>,
+    },
+    Session {
+        device_id: String,
+        session: Option<MqttSession>,
+    },
 }
 
 impl Write {
@@ -298,18 +307,20 @@ async fn apply_batch(
                 Err(ChangeError::Store(error)) => Err(error),
                 Err(ChangeError::Conflict) => return Err(ChangeError::Conflict),
             },
-            Write::Connection { device_id, connected, model_id, session } => {
+            Write::Connection { device_id, connected, model_id, session, node } => {
                 let now = now_rfc3339();
                 let state = if *connected { "Connected" } else { "Disconnected" };
+                // `connected_node`: the node holding the session, under its lease (store::nodes).
                 sqlx::query(
                     "UPDATE devices SET connection_state = $1, connection_state_updated = $2, last_activity = $2, \
-                     model_id = CASE WHEN $3 THEN $4 ELSE model_id END WHERE device_id = $5",
+                     model_id = CASE WHEN $3 THEN $4 ELSE model_id END, connected_node = $6 WHERE device_id = $5",
                 )
                 .bind(state)
                 .bind(&now)
                 .bind(*connected)
                 .bind(model_id.as_deref())
                 .bind(device_id)
+                .bind(connected.then_some(&**node))
                 .execute(&mut *tx)
                 .await?;
                 super::record::apply_connection(tx, device_id, state, &now).await?;

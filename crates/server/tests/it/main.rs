@@ -12,6 +12,7 @@ use duhub_testkit::Backend;
 
 mod connect;
 mod du;
+mod hardening;
 mod isolation;
 mod query;
 mod record;

@@ -1,6 +1,9 @@
 //! The OData-style `filter` subset the swagger's list operations take: comparisons
 //! `<field> eq <value>` (value a quoted string with `''` for a quote, `null`, `true`, `false` or
-//! a number) combined with `and` / `or` (`and` binds tighter; parentheses are not supported).
+//! a number) combined with `and` / `or` (`and` binds tighter; parentheses are not supported),
+//! and the `orderby` clause (`field [asc|desc]`).
+//!
+//! Pure (no I/O, no server types), so the fuzz target `odata` compiles this very file.
 
 /// A parsed filter: alternatives (`or`) of conjunctions (`and`) of `field eq value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +68,46 @@ impl Filter {
         for field in self.fields() {
             let ok = known.iter().any(|k| {
                 k.eq_ignore_ascii_case(field)
-                    || (k.ends_with('/') && field.len() > k.len() && field[..k.len()].eq_ignore_ascii_case(k))
+                    || (k.ends_with('/')
+                        && field.len() > k.len()
+                        && field.get(..k.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(k)))
             });
             if !ok {
                 return Err(format!("cannot filter on {field:?}; filterable: {}", known.join(", ")));
             }
         }
         Ok(())
+    }
+}
+
+/// A parsed `orderby`: which of the allowed fields, and the direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OrderBy {
+    /// Index into the `fields` given to [`OrderBy::parse`].
+    pub(crate) field: usize,
+    /// `desc`.
+    pub(crate) descending: bool,
+}
+
+impl OrderBy {
+    /// Parses `field [asc|desc]`, `field` one of `fields` (without case); the error names what is
+    /// wrong.
+    pub(crate) fn parse(text: &str, fields: &[&str]) -> Result<Self, String> {
+        let mut parts = text.split_whitespace();
+        let name = parts.next().unwrap_or_default();
+        let descending = match parts.next() {
+            None => false,
+            Some(direction) if direction.eq_ignore_ascii_case("asc") => false,
+            Some(direction) if direction.eq_ignore_ascii_case("desc") => true,
+            Some(other) => return Err(format!("orderby direction {other:?} is not asc or desc")),
+        };
+        if let Some(extra) = parts.next() {
+            return Err(format!("unexpected {extra:?} in orderby {text:?} (one field and a direction)"));
+        }
+        match fields.iter().position(|field| field.eq_ignore_ascii_case(name)) {
+            Some(field) => Ok(Self { field, descending }),
+            None => Err(format!("cannot order by {name:?}; use one of {}", fields.join(", "))),
+        }
     }
 }
 
@@ -143,5 +179,26 @@ mod tests {
         let filter = Filter::parse("compatProperties/manufacturer eq 'c'").unwrap();
         assert!(filter.only(&["compatProperties/"]).is_ok());
         assert!(filter.only(&["groupId"]).is_err());
+    }
+
+    /// Issue 11: a field whose name has a multi-byte character where a known prefix ends
+    /// (`compatPropertiesé`) panicked on a byte slice inside the `é`.
+    #[test]
+    fn multibyte_field_names_are_refused_not_sliced() {
+        let filter = Filter::parse("compatProperties\u{e9}x eq 'a'").unwrap();
+        assert!(filter.only(&["compatProperties/"]).is_err());
+        let filter = Filter::parse("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9} eq 'a'").unwrap();
+        assert!(filter.only(&["groupId", "compatProperties/"]).is_err());
+    }
+
+    #[test]
+    fn orderby_names_a_field_and_a_direction() {
+        let fields = ["startDateTime", "groupId"];
+        assert_eq!(OrderBy::parse("groupid desc", &fields), Ok(OrderBy { field: 1, descending: true }));
+        assert_eq!(OrderBy::parse(" startDateTime ", &fields), Ok(OrderBy { field: 0, descending: false }));
+        assert!(OrderBy::parse("groupId sideways", &fields).is_err());
+        assert!(OrderBy::parse("groupId asc extra", &fields).is_err());
+        assert!(OrderBy::parse("", &fields).is_err());
+        assert!(OrderBy::parse("\u{e9}", &fields).is_err());
     }
 }

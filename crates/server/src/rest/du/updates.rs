@@ -246,19 +246,34 @@ pub(super) async fn operation_response(
 /// `POST /deviceUpdate/{instance}/duhub/uploads`: stores the body as a blob (size and SHA-256
 /// computed while it streams in) and answers where import requests find it.
 pub(super) async fn upload(State(state): State<DuState>, body: Body) -> Result<Response, DuError> {
+    let allowance = state.du.upload_allowance().await?;
+    let max_pending = state.du.settings().max_pending_upload_bytes;
+    let storage_full = || {
+        DuError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "InsufficientStorage",
+            format!(
+                "uploads not yet imported may take at most {max_pending} bytes (max_pending_upload_bytes); \
+                 import or let expire what was uploaded"
+            ),
+        )
+    };
+    if allowance == 0 {
+        return Err(storage_full());
+    }
+    let limit = allowance.min(crate::du::import::MAX_UPDATE_BYTES);
     let stream = body.into_data_stream();
-    let blob =
-        state.du.content().put_stream(stream, None, crate::du::import::MAX_UPDATE_BYTES).await.map_err(
-            |e| match e {
-                content::ContentError::TooLarge { limit } => DuError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "FileTooLarge",
-                    format!("uploads may have at most {limit} bytes"),
-                ),
-                content::ContentError::Source(m) => DuError::bad_request(format!("reading the upload failed: {m}")),
-                other => crate::du::ServiceError::from(other).into(),
-            },
-        )?;
+    let blob = state.du.content().put_stream(stream, None, limit).await.map_err(|e| match e {
+        content::ContentError::TooLarge { .. } if limit < crate::du::import::MAX_UPDATE_BYTES => storage_full(),
+        content::ContentError::TooLarge { limit } => DuError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "FileTooLarge",
+            format!("uploads may have at most {limit} bytes"),
+        ),
+        content::ContentError::Source(m) => DuError::bad_request(format!("reading the upload failed: {m}")),
+        other => crate::du::ServiceError::from(other).into(),
+    })?;
+    state.du.record_upload(&blob.id(), blob.size).await?;
     let body = json!({
         "url": format!("{UPLOAD_SCHEME}{}", blob.id()),
         "sizeInBytes": blob.size,

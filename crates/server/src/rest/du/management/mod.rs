@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use super::filter::Filter;
+use super::filter::{Filter, OrderBy};
 use super::{DuError, DuState, Keyset, query_param};
 use crate::du::Snapshot;
 use crate::du::model::update_id_json;
@@ -73,23 +73,10 @@ fn update_info(snapshot: &Snapshot, id: &UpdateId) -> Value {
 /// Sorts `items` by `orderby` (`field [asc|desc]`), `fields` mapping its names to JSON members.
 fn order(uri: &Uri, items: &mut [Value], fields: &[(&str, &str)]) -> Result<(), DuError> {
     let Some(text) = query_param(uri, "orderby") else { return Ok(()) };
-    let mut parts = text.split_whitespace();
-    let field = parts.next().unwrap_or_default();
-    let descending = match parts.next() {
-        None => false,
-        Some(direction) if direction.eq_ignore_ascii_case("asc") => false,
-        Some(direction) if direction.eq_ignore_ascii_case("desc") => true,
-        Some(other) => {
-            return Err(
-                DuError::bad_request(format!("orderby direction {other:?} is not asc or desc")).with_target("orderby")
-            );
-        }
-    };
-    let Some((_, key)) = fields.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)) else {
-        let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
-        return Err(DuError::bad_request(format!("cannot order by {field:?}; use one of {}", names.join(", ")))
-            .with_target("orderby"));
-    };
+    let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+    let OrderBy { field, descending } =
+        OrderBy::parse(&text, &names).map_err(|m| DuError::bad_request(m).with_target("orderby"))?;
+    let Some((_, key)) = fields.get(field) else { return Ok(()) };
     items.sort_by(|a, b| {
         let ordering = match (&a[*key], &b[*key]) {
             (Value::Number(x), Value::Number(y)) => {
