@@ -77,8 +77,8 @@ impl Browser {
     /// The CSRF token of the current session, read from a page's forms.
     async fn csrf(&self) -> String {
         let page = self.page("/ui/tokens").await;
-        let start = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
-        page[start..].split('"').next().unwrap().to_owned()
+        let (_, rest) = page.split_once("name=\"csrf\" value=\"").expect("a CSRF field");
+        rest.split('"').next().unwrap().to_owned()
     }
 }
 
@@ -150,8 +150,8 @@ pub(crate) async fn sessions_csrf_and_origins_guard_every_page(backend: Backend)
     let created = browser.post("/ui/tokens", &[("name", "operator"), ("csrf", &csrf)], Some(&origin)).await;
     assert_eq!(created.status(), StatusCode::OK);
     let created = created.text().await.unwrap();
-    let start = created.find("<code id=\"new-token\">").unwrap() + "<code id=\"new-token\">".len();
-    let token = created[start..].split('<').next().unwrap().to_owned();
+    let (_, rest) = created.split_once("<code id=\"new-token\">").expect("the new token");
+    let token = rest.split('<').next().unwrap().to_owned();
     assert!(!browser.page("/ui/tokens").await.contains(&token), "the token is shown once");
     let mut second = Browser::new(&server);
     second.sign_in(&token).await;
