@@ -106,7 +106,7 @@ async fn apply(store: &Store, op: &Op) -> Result<(), String> {
             let agent = json!({
                 "state": state,
                 "workflow": workflow.map(|w| json!({"action": 3, "id": WORKFLOWS[w]})),
-                "lastInstallResult": result.map(|r| json!({"resultCode": r, "extendedResultCodes": "", "resultDetails": ""})),
+                "lastInstallResult": result.map(|r| json!({"resultCode": r, "extendedResultCodes": "00000000", "resultDetails": ""})),
                 "installedUpdateId": version.map(installed),
             });
             store
@@ -333,6 +333,14 @@ pub(crate) async fn records_are_built_from_existing_twins_at_startup(backend: Ba
     let store = Store::open(&url, "node-a").await.unwrap();
     let records = store.records(&RecordFilter::default(), None, 100).await.unwrap();
     assert_eq!(records.len(), 2, "both devices with an agent have a record again");
+    let failed = records.iter().find(|r| r.device_id == device_id(1)).unwrap();
+    assert_eq!(failed.group_id, "group-1");
+    assert_eq!(failed.facts.agent_state, Some(255));
+    assert_eq!(failed.facts.workflow_id.as_deref(), Some(WORKFLOWS[0]));
+    assert_eq!(failed.facts.installed(), Some(UpdateId::new("contoso", "toaster", VERSIONS[0])));
+    let retried = records.iter().find(|r| r.device_id == device_id(0)).unwrap();
+    assert_eq!(retried.desired.id.as_deref(), Some(WORKFLOWS[1]));
+    assert!(retried.desired.retry_timestamp.is_some());
     agree(&store).await.unwrap();
     drop(store);
     if let Some(database) = database {
