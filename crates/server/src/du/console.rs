@@ -311,15 +311,13 @@ impl DeviceUpdate {
                 break;
             }
         }
+        let ids: Vec<String> = members.iter().map(|m| m.device_id.clone()).collect();
+        let results = self.store.last_install_results(&ids).await?;
         let mut rows = Vec::new();
         for class in deployment.subgroups.keys() {
             for s in snapshot.device_states(deployment, class, &members).unwrap_or_default() {
-                let twin = self.store.twin(&s.device.device_id).await?;
-                let result: Option<duhub_proto::twin::LastInstallResult> = twin
-                    .reported
-                    .get("deviceUpdate")
-                    .and_then(|d| d.pointer("/agent/lastInstallResult"))
-                    .and_then(|r| serde_json::from_value(r.clone()).ok());
+                let result: Option<duhub_proto::twin::LastInstallResult> =
+                    results.get(&s.device.device_id).and_then(|r| serde_json::from_value(r.clone()).ok());
                 rows.push(DeploymentDevice {
                     device_id: s.device.device_id.clone(),
                     class_id: class.clone(),

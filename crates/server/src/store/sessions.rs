@@ -144,6 +144,31 @@ impl Store {
         Ok(counts.into_iter().collect())
     }
 
+    /// The reported `deviceUpdate.agent.lastInstallResult` of each of `device_ids` that has one,
+    /// in one query per 500 ids.
+    pub async fn last_install_results(
+        &self,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, serde_json::Value>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in device_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql =
+                format!("SELECT device_id, reported FROM devices WHERE device_id IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let reported = json(&row.try_get::<String, _>("reported")?)?;
+                if let Some(result) = reported.pointer("/deviceUpdate/agent/lastInstallResult") {
+                    out.insert(row.try_get("device_id")?, result.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Registered devices and how many of them are connected now.
     pub async fn device_counts(&self) -> Result<(u64, u64), StoreError> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices").fetch_one(&self.pool).await?;
