@@ -298,3 +298,68 @@ async fn a_node_killed_mid_deployment_leaves_exact_counts() {
     let counts = &report["serviceCounts"];
     assert_eq!((counts["total"].as_u64(), counts["succeeded"].as_u64()), (Some(300), Some(300)), "{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_deployment_it_runs_until_interrupted_and_stops_every_agent() {
+    let root = temp_dir();
+    let node = ServeProcess::start(&binary(), &root.path().join("node"), None).await.unwrap();
+    let admin = admin_path(&node);
+    let mut child = Command::new(binary())
+        .current_dir(root.path())
+        .args(["simulate", "--devices", "20", "--json", "--admin"])
+        .arg(&admin)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every device connected: the service says so.
+    let service = node.service().unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let mut connected = 0;
+        for i in 0..20 {
+            if let Ok(device) = service.device(&format!("sim-{i:04}")).await
+                && device["connectionState"] == "Connected"
+            {
+                connected += 1;
+            }
+        }
+        if connected == 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{connected} of 20 devices connected\n{}", node.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Ctrl-C.
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let _ = child.stdin.take();
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopping the agents"), "{stderr}");
+    assert!(!stderr.contains("did not stop"), "{stderr}");
+    let summary = json_of(&output.stdout);
+    assert_eq!(summary["connected"], 20, "{summary:#}");
+    // Each agent disconnected politely: the service shows them all disconnected.
+    loop {
+        let mut disconnected = 0;
+        for i in 0..20 {
+            if service.device(&format!("sim-{i:04}")).await.unwrap()["connectionState"] == "Disconnected" {
+                disconnected += 1;
+            }
+        }
+        if disconnected == 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{disconnected} of 20 devices disconnected");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -73,6 +73,7 @@ fn device_id(prefix: &str, devices: usize, index: usize) -> String {
 
 async fn run(args: &SimulateArgs, scenario: Scenario, plan: Vec<DevicePlan>, seed: u64) -> Result<Outcome> {
     let devices = plan.len();
+    let interrupted = interrupted()?;
     let service = Service::connect(&AdminArgs { admin: args.du.admin.clone(), json: args.du.json })?;
     let admin = service.admin().clone();
     let du = match &args.deploy {
@@ -195,11 +196,11 @@ async fn run(args: &SimulateArgs, scenario: Scenario, plan: Vec<DevicePlan>, see
             let rehearsal = Rehearsal { args, fleet: &fleet, du: &du, update, plan: &plan, ids: &ids, connectable };
             tokio::select! {
                 report = rehearsal.run(args.until_done) => Some(report),
-                _ = tokio::signal::ctrl_c() => None,
+                () = interrupted => None,
             }
         }
         _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            interrupted.await;
             None
         }
     };
@@ -533,6 +534,29 @@ async fn fetch_root_key_package(trust: &mut TrustStore, ca_pem: &[u8], https_url
     };
     if let Err(error) = fetched.await {
         eprintln!("simulate: the root key package from {url} is not used ({error:#}); verifying with the root keys");
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; listening starts when this is called, so a signal
+/// during the set-up is not lost.
+fn interrupted() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
