@@ -344,7 +344,7 @@ fn run_handler(handler: &dyn StepHandler, context: &StepContext<'_>) -> Result<I
 }
 
 /// `Some(true)` for reboot codes, `Some(false)` for agent-restart codes.
-fn restart_kind(code: ResultCode) -> Option<bool> {
+pub fn restart_kind(code: ResultCode) -> Option<bool> {
     if code.requires_reboot() {
         Some(true)
     } else if code.requires_agent_restart() {
@@ -354,11 +354,13 @@ fn restart_kind(code: ResultCode) -> Option<bool> {
     }
 }
 
-fn manifest_failure(error: update_manifest::ManifestError) -> InstallResult {
+/// The failure to report for a manifest that cannot be used.
+pub fn manifest_failure(error: update_manifest::ManifestError) -> InstallResult {
     InstallResult::failure(error.extended_result_code).with_details(error.to_string())
 }
 
-fn read_full_manifest(path: &Path) -> Result<FullManifest, InstallResult> {
+/// Reads a detached or child manifest file (verified by its hash in the signed manifest).
+pub fn read_full_manifest(path: &Path) -> Result<FullManifest, InstallResult> {
     let bytes = std::fs::read(path).map_err(|e| {
         InstallResult::failure(ExtendedResultCode::BAD_DETACHED_MANIFEST_JSON_FILE).with_details(e.to_string())
     })?;

@@ -104,7 +104,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(Stopped::Requested) => ExitCode::SUCCESS,
-        Ok(Stopped::RestartRequested) => restart_in_place(),
+        // (`RebootRequested` needs `AgentOptions::reboot_stops`, which the binary does not set.)
+        Ok(Stopped::RestartRequested | Stopped::RebootRequested) => restart_in_place(),
         Err(error) => {
             eprintln!("duhub-agent: {error}");
             ExitCode::from(1)

@@ -1,6 +1,11 @@
 //! The runtime around the workflow core: the hub connection (reconnecting with exponential
 //! backoff and jitter), the startup reports, the journal and the outbox on disk, and the
-//! deployment jobs on blocking threads.
+//! deployment jobs (on blocking threads, or as futures of a [`JobRunner`] that has its own).
+//!
+//! [`AgentOptions`] lets a program that runs many agents in one process (the fleet simulator)
+//! share what is read-only (TLS configuration, device information), spread agents over several
+//! servers and source addresses, observe them ([`Observer`]), take reboots as a stop, and skip
+//! fsync.
 //!
 //! Durability: every journal change is written atomically before the actions that follow it;
 //! every report goes through the outbox (`outbox.json`, written atomically) and leaves it only
@@ -9,7 +14,10 @@
 //! to resume.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,11 +31,79 @@ use crate::hub::{Endpoint, HubError, HubLink};
 use crate::settings::Settings;
 use crate::workflow::{Action, Core, Event, Job, Journal, Outcome};
 
-/// Runs a deployment job (blocking; on its own thread).
+/// A job's outcome, to come.
+pub type JobFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Runs a deployment job.
 pub trait JobRunner: Send + Sync + 'static {
-    /// Runs `job` until it ends or `cancel` is set (then [`Outcome::Cancelled`]).
+    /// Runs `job` until it ends or `cancel` is set (then [`Outcome::Cancelled`]). Blocking.
     fn run(&self, job: &Job, cancel: &AtomicBool) -> Outcome;
+
+    /// Starts `job`: the default runs [`JobRunner::run`] on a blocking thread; a runner that
+    /// waits on the network or timers (the fleet simulator's) returns its own future instead.
+    fn start(self: Arc<Self>, job: Job, cancel: Arc<AtomicBool>) -> JobFuture {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || self.run(&job, &cancel)).await.unwrap_or_else(|error| {
+                Outcome::Failed(LastInstallResult::new(
+                    InstallResult::failure(JOB_FAILED).with_details(format!("the job's thread failed: {error}")),
+                ))
+            })
+        })
+    }
 }
+
+/// Hears what an agent does (for a program running many: progress, measurements).
+pub trait Observer: Send + Sync {
+    /// Connected, startup reports acknowledged and the twin read: ready for deployments.
+    fn ready(&self) {}
+    /// The connection ended (the agent reconnects unless it stops).
+    fn disconnected(&self) {}
+    /// The hub acknowledged this reported patch (204).
+    fn reported(&self, patch: &Value) {
+        let _ = patch;
+    }
+}
+
+/// How an agent runs, beyond its [`Settings`]. The default is what `duhub-agent` does.
+#[derive(Clone)]
+pub struct AgentOptions {
+    /// TLS configuration to use instead of one made from the settings' CA (share one across
+    /// agents).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Servers to dial instead of the connection string's host and the settings' port; an agent
+    /// whose connection fails or ends connects to the next.
+    pub servers: Vec<(String, u16)>,
+    /// Local address to connect from.
+    pub source: Option<IpAddr>,
+    /// `deviceInformation` to report instead of reading it from the system.
+    pub device_information: Option<DeviceInformation>,
+    /// fsync the journal and outbox (`true`; a simulator with thousands of agents turns it off).
+    pub durable: bool,
+    /// A reboot asked for by an update stops the agent with [`Stopped::RebootRequested`]
+    /// instead of running `reboot_command` (for a simulator, which "reboots" by starting the
+    /// agent again).
+    pub reboot_stops: bool,
+    /// Told what the agent does.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            servers: Vec::new(),
+            source: None,
+            device_information: None,
+            durable: true,
+            reboot_stops: false,
+            observer: None,
+        }
+    }
+}
+
+/// duhub: a deployment job's thread failed (panicked) (facility 8 utility, component 4
+/// workflow util, duhub's value range `0xF00`).
+pub const JOB_FAILED: ExtendedResultCode = ExtendedResultCode(0x8040_0F02);
 
 /// Why the runtime stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +127,9 @@ pub enum Stopped {
     /// The `duhub-agent` binary restarts itself in place (`exec`); an embedding program starts
     /// a new [`Agent`].
     RestartRequested,
+    /// An update asked for a reboot and [`AgentOptions::reboot_stops`] is set: the outbox was
+    /// delivered; start a new [`Agent`] on the same data directory to "boot" again.
+    RebootRequested,
 }
 
 /// How one hub session ended.
@@ -59,6 +138,8 @@ enum SessionEnd {
     Lost,
     /// Stop (asked for, or an agent restart).
     Stop(Stopped),
+    /// A simulated outage: stay offline this long, then reconnect.
+    Offline(Duration),
 }
 
 /// One agent.
@@ -70,30 +151,71 @@ pub struct Agent {
     endpoint: Endpoint,
     runner: Arc<dyn JobRunner>,
     state_dir: PathBuf,
+    durable: bool,
+    reboot_stops: bool,
+    observer: Option<Arc<dyn Observer>>,
+    /// Simulated network outages: the session drops its connection and stays offline this long.
+    outages: Option<mpsc::UnboundedReceiver<Duration>>,
 }
 
 impl Agent {
     /// An agent for `settings`, running jobs with `runner`.
     pub fn new(settings: Settings, runner: Arc<dyn JobRunner>) -> Result<Self, RuntimeError> {
+        Self::with_options(settings, runner, AgentOptions::default())
+    }
+
+    /// An agent for `settings` with `options`.
+    pub fn with_options(
+        settings: Settings,
+        runner: Arc<dyn JobRunner>,
+        options: AgentOptions,
+    ) -> Result<Self, RuntimeError> {
         let connection = duhub_proto::connection_string::ConnectionString::parse(&settings.connection_string)
             .map_err(|e| RuntimeError::Config(format!("connection_string: {e}")))?;
-        let ca = settings.ca_pem_bytes().map_err(|e| RuntimeError::Config(e.to_string()))?;
-        let tls = crate::hub::tls_config(ca.as_deref()).map_err(|e| RuntimeError::Config(e.to_string()))?;
-        let (host, port) = match connection.host_name.rsplit_once(':') {
-            Some((host, port)) if port.parse::<u16>().is_ok() => (host.to_owned(), port.parse().unwrap_or(8883)),
-            _ => (connection.host_name.clone(), 8883),
+        let tls = match options.tls {
+            Some(tls) => tls,
+            None => {
+                let ca = settings.ca_pem_bytes().map_err(|e| RuntimeError::Config(e.to_string()))?;
+                crate::hub::tls_config(ca.as_deref()).map_err(|e| RuntimeError::Config(e.to_string()))?
+            }
         };
         let websocket = settings.transport == crate::settings::Transport::Websocket;
-        let port = if websocket { settings.https_port.unwrap_or(443) } else { settings.mqtt_port.unwrap_or(port) };
-        let endpoint = Endpoint { connection, host, port, websocket, tls };
+        let servers = if options.servers.is_empty() {
+            let (host, port) = match connection.host_name.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => (host.to_owned(), port.parse().unwrap_or(8883)),
+                _ => (connection.host_name.clone(), 8883),
+            };
+            let port = if websocket { settings.https_port.unwrap_or(443) } else { settings.mqtt_port.unwrap_or(port) };
+            vec![(host, port)]
+        } else {
+            options.servers
+        };
+        let endpoint = Endpoint { connection, servers, websocket, tls, source: options.source };
         let state_dir = settings.data_dir.clone();
         create_private_dir(&state_dir)?;
-        let device_information = device_information(&settings);
-        Ok(Self { settings, device_information, endpoint, runner, state_dir })
+        let device_information = options.device_information.unwrap_or_else(|| device_information(&settings));
+        Ok(Self {
+            settings,
+            device_information,
+            endpoint,
+            runner,
+            state_dir,
+            durable: options.durable,
+            reboot_stops: options.reboot_stops,
+            observer: options.observer,
+            outages: None,
+        })
+    }
+
+    /// Simulated network outages: every duration received drops the connection (no DISCONNECT)
+    /// and keeps the agent offline that long before it reconnects.
+    pub fn with_outages(mut self, outages: mpsc::UnboundedReceiver<Duration>) -> Self {
+        self.outages = Some(outages);
+        self
     }
 
     /// Runs until `stop` turns true or an update asks for an agent restart.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<Stopped, RuntimeError> {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<Stopped, RuntimeError> {
         let journal_path = self.state_dir.join("journal.json");
         let outbox_path = self.state_dir.join("outbox.json");
         let journal: Journal = read_json(&journal_path)?.unwrap_or_default();
@@ -102,13 +224,16 @@ impl Agent {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<(String, Outcome)>();
         let mut cancels: HashMap<String, Arc<AtomicBool>> = HashMap::new();
         let mut backoff = Duration::from_secs(1);
+        let mut outages = self.outages.take();
+        let mut attempt = 0usize;
         loop {
             if *stop.borrow() {
                 return Ok(Stopped::Requested);
             }
-            let mut link = match HubLink::connect(&self.endpoint).await {
+            let mut link = match HubLink::connect(&self.endpoint, attempt).await {
                 Ok(link) => link,
                 Err(error) => {
+                    attempt += 1;
                     let wait = jittered(backoff);
                     tracing::warn!(%error, retry_in = ?wait, "connecting to the hub failed");
                     backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -118,7 +243,9 @@ impl Agent {
                     }
                 }
             };
-            tracing::info!(host = %self.endpoint.host, port = self.endpoint.port, "connected to the hub");
+            if let Some((host, port)) = self.endpoint.server(attempt) {
+                tracing::info!(%host, port, "connected to the hub");
+            }
             let session = self
                 .session(
                     &mut link,
@@ -130,15 +257,30 @@ impl Agent {
                     &mut cancels,
                     &mut finished_rx,
                     &mut stop,
+                    &mut outages,
                 )
                 .await;
+            if let Some(observer) = &self.observer {
+                observer.disconnected();
+            }
             match session {
                 Ok(SessionEnd::Stop(stopped)) => {
                     link.disconnect().await;
                     return Ok(stopped);
                 }
                 Ok(SessionEnd::Lost) => backoff = Duration::from_secs(1),
-                Err(SessionError::Hub(error)) => tracing::warn!(%error, "lost the hub connection"),
+                Ok(SessionEnd::Offline(outage)) => {
+                    drop(link);
+                    tokio::select! {
+                        () = tokio::time::sleep(outage) => continue,
+                        _ = stop.changed() => return Ok(Stopped::Requested),
+                    }
+                }
+                Err(SessionError::Hub(error)) => {
+                    // The server may be gone: the next attempt dials the next one.
+                    attempt += 1;
+                    tracing::warn!(%error, "lost the hub connection");
+                }
                 Err(SessionError::State(error)) => return Err(error),
             }
             let wait = jittered(backoff);
@@ -164,12 +306,20 @@ impl Agent {
         cancels: &mut HashMap<String, Arc<AtomicBool>>,
         finished_rx: &mut mpsc::UnboundedReceiver<(String, Outcome)>,
         stop: &mut watch::Receiver<bool>,
+        outages: &mut Option<mpsc::UnboundedReceiver<Duration>>,
     ) -> Result<SessionEnd, SessionError> {
-        link.report(&self.startup_report().to_patch()).await?;
-        link.report(&self.device_information.to_patch()).await?;
+        for patch in [self.startup_report().to_patch(), self.device_information.to_patch()] {
+            link.report(&patch).await?;
+            if let Some(observer) = &self.observer {
+                observer.reported(&patch);
+            }
+        }
         tracing::info!("reported the agent's properties; ready for deployments");
-        flush(link, outbox, outbox_path).await?;
+        self.flush(link, outbox, outbox_path).await?;
         let twin = link.get_twin().await?;
+        if let Some(observer) = &self.observer {
+            observer.ready();
+        }
         if let Ok(Some(desired)) = DesiredService::locate(&twin) {
             let actions = core.handle(Event::Desired(desired));
             if let Some(end) =
@@ -208,6 +358,10 @@ impl Agent {
                     cancel_all(cancels);
                     return Ok(SessionEnd::Stop(Stopped::Requested));
                 }
+                Some(outage) = next_outage(outages) => {
+                    tracing::info!(?outage, "simulated network outage");
+                    return Ok(SessionEnd::Offline(outage));
+                }
             }
         }
     }
@@ -228,13 +382,13 @@ impl Agent {
             match action {
                 Action::Report(report) => {
                     outbox.push(report.to_patch());
-                    write_json(outbox_path, outbox)?;
+                    write_json_with(outbox_path, outbox, self.durable)?;
                 }
                 Action::Ack(ack) => {
                     outbox.push(ack.to_patch());
-                    write_json(outbox_path, outbox)?;
+                    write_json_with(outbox_path, outbox, self.durable)?;
                 }
-                Action::Journal(journal) => write_json(journal_path, &journal)?,
+                Action::Journal(journal) => write_json_with(journal_path, &journal, self.durable)?,
                 Action::Start(job) => {
                     let workflow_id = job.workflow.id.clone().unwrap_or_default();
                     let cancel = Arc::new(AtomicBool::new(false));
@@ -242,8 +396,9 @@ impl Agent {
                     let runner = self.runner.clone();
                     let finished = finished_tx.clone();
                     tracing::info!(workflow = workflow_id, "starting the deployment");
-                    tokio::task::spawn_blocking(move || {
-                        let outcome = runner.run(&job, &cancel);
+                    let job = runner.start(*job, cancel);
+                    tokio::spawn(async move {
+                        let outcome = job.await;
                         let _ = finished.send((workflow_id, outcome));
                     });
                 }
@@ -252,8 +407,14 @@ impl Agent {
                         flag.store(true, Ordering::SeqCst);
                     }
                 }
+                Action::Restart { workflow_id, reboot: true } if self.reboot_stops => {
+                    self.flush(link, outbox, outbox_path).await?;
+                    tracing::warn!(workflow = workflow_id, "the update asks for a reboot; stopping the agent");
+                    cancel_all(cancels);
+                    return Ok(Some(SessionEnd::Stop(Stopped::RebootRequested)));
+                }
                 Action::Restart { workflow_id, reboot: true } => {
-                    flush(link, outbox, outbox_path).await?;
+                    self.flush(link, outbox, outbox_path).await?;
                     let command = self.settings.reboot_command.clone();
                     tracing::warn!(?command, workflow = workflow_id, "the update asks for a reboot");
                     let rebooting = tokio::task::spawn_blocking(move || run_reboot_command(&command))
@@ -268,7 +429,7 @@ impl Agent {
                     }
                 }
                 Action::Restart { workflow_id, reboot: false } => {
-                    flush(link, outbox, outbox_path).await?;
+                    self.flush(link, outbox, outbox_path).await?;
                     tracing::warn!(workflow = workflow_id, "the update asks for an agent restart");
                     cancel_all(cancels);
                     return Ok(Some(SessionEnd::Stop(Stopped::RestartRequested)));
@@ -276,8 +437,30 @@ impl Agent {
                 Action::Ignore(why) => tracing::info!(why, "desired deviceUpdate.service not acted on"),
             }
         }
-        flush(link, outbox, outbox_path).await?;
+        self.flush(link, outbox, outbox_path).await?;
         Ok(None)
+    }
+
+    /// Sends the outbox in order, removing each patch once the hub acknowledged it.
+    async fn flush(&self, link: &mut HubLink, outbox: &mut Vec<Value>, path: &Path) -> Result<(), SessionError> {
+        while let Some(patch) = outbox.first() {
+            match link.report(patch).await {
+                Ok(()) => {
+                    if let Some(observer) = &self.observer {
+                        observer.reported(patch);
+                    }
+                }
+                // The hub refused the patch itself (too large, invalid): sending it again cannot
+                // succeed, and it must not block the reports behind it.
+                Err(HubError::Status { status, .. }) if (400..500).contains(&status) && status != 429 => {
+                    tracing::error!(status, patch = %patch, "the hub refused a reported patch; dropping it");
+                }
+                Err(error) => return Err(error.into()),
+            }
+            outbox.remove(0);
+            write_json_with(path, outbox, self.durable)?;
+        }
+        Ok(())
     }
 
     fn startup_report(&self) -> AgentProperties {
@@ -309,22 +492,18 @@ impl From<RuntimeError> for SessionError {
     }
 }
 
-/// Sends the outbox in order, removing each patch once the hub acknowledged it.
-async fn flush(link: &mut HubLink, outbox: &mut Vec<Value>, path: &Path) -> Result<(), SessionError> {
-    while let Some(patch) = outbox.first() {
-        match link.report(patch).await {
-            Ok(()) => {}
-            // The hub refused the patch itself (too large, invalid): sending it again cannot
-            // succeed, and it must not block the reports behind it.
-            Err(HubError::Status { status, .. }) if (400..500).contains(&status) && status != 429 => {
-                tracing::error!(status, patch = %patch, "the hub refused a reported patch; dropping it");
+/// The next simulated outage, or never when there is no outage channel (or it closed).
+async fn next_outage(outages: &mut Option<mpsc::UnboundedReceiver<Duration>>) -> Option<Duration> {
+    match outages {
+        Some(receiver) => match receiver.recv().await {
+            Some(outage) => Some(outage),
+            None => {
+                *outages = None;
+                std::future::pending().await
             }
-            Err(error) => return Err(error.into()),
-        }
-        outbox.remove(0);
-        write_json(path, outbox)?;
+        },
+        None => std::future::pending().await,
     }
-    Ok(())
 }
 
 /// The `deviceInformation` component, read from the system.
@@ -422,12 +601,23 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, R
 
 /// Writes JSON atomically: a temporary file, fsync, rename, fsync of the directory.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    write_json_with(path, value, true)
+}
+
+/// [`write_json`], with the fsyncs only when `durable`.
+fn write_json_with<T: serde::Serialize>(path: &Path, value: &T, durable: bool) -> Result<(), RuntimeError> {
     let bytes = serde_json::to_vec(value).map_err(|e| RuntimeError::State(e.to_string()))?;
-    write_atomic(path, &bytes).map_err(|e| RuntimeError::State(format!("writing {}: {e}", path.display())))
+    write_file(path, &bytes, durable).map_err(|e| RuntimeError::State(format!("writing {}: {e}", path.display())))
 }
 
 /// Writes bytes atomically (mode 0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, true)
+}
+
+/// A temporary file renamed over `path`; with `durable`, the file and the directory are
+/// fsynced (else a power cut may lose the write, a process crash does not).
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     let temporary = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
@@ -440,9 +630,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     let mut file = options.open(&temporary)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     std::fs::rename(&temporary, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if durable {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {

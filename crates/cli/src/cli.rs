@@ -60,6 +60,83 @@ duhub compliance --group line-1 --device-class 3ebe2a9a5ecc9b2ea71b6c0e9e5cd6e6b
     /// Manage the bearer tokens of the Device Update REST API.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run a simulated fleet of real agents against a server, and rehearse a deployment on it.
+    ///
+    /// Creates the devices (PREFIX0000, ...) if they are missing, puts them in --group, and runs
+    /// one agent per device in this process: its own MQTT/TLS connection, data directory, real
+    /// signature-chain verification, compatibility check and verified downloads, with the
+    /// outcome of every step (any handler type) simulated as `microsoft/simulator:1` does, from
+    /// the scenario. Progress goes to stderr. Without --deploy it runs until Ctrl-C, so you can
+    /// deploy from the CLI, an SDK or the dashboard and watch. With --deploy ... --until-done it
+    /// waits for every device, creates the deployment for the group, waits until every device
+    /// is done and the service's status agrees, prints the rehearsal report and exits: 0 when
+    /// the service's counts equal what the devices reported and every device ended as the
+    /// scenario says, 1 otherwise.
+    #[command(after_help = "Examples:\n  duhub simulate --devices 100\n  \
+duhub simulate --devices 1000 --fail-percent 5 --seed 7 --deploy contoso/toaster/1.0 --until-done\n  \
+duhub simulate --devices 10000 --scenario fleet.toml --sources 127.0.0.2,127.0.0.3 \\\n      \
+--deploy contoso/toaster/1.0 --until-done --json\n\
+Scenario files: see the README (\"Fleet simulator\").\n\
+Many devices need many open files: raise the limit first (ulimit -n 20000).")]
+    Simulate(Box<SimulateArgs>),
+}
+
+/// Arguments of `duhub simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// How many devices.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub devices: u32,
+    /// Device id prefix: devices are PREFIX followed by a zero-padded number.
+    #[arg(long, value_name = "PREFIX", default_value = "sim-")]
+    pub prefix: String,
+    /// Manufacturer of every device (unless the scenario has a population).
+    #[arg(long, value_name = "M", default_value = "contoso")]
+    pub manufacturer: String,
+    /// Model of every device (unless the scenario has a population).
+    #[arg(long, value_name = "X", default_value = "simulated")]
+    pub model: String,
+    /// The group the devices are put in (ADUGroup tag).
+    #[arg(long, value_name = "G", default_value = "simulated")]
+    pub group: String,
+    /// Scenario file (TOML): population, failures, latencies, reboots, outages.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Exactly floor(N*P/100) devices, chosen by the seed, fail their install step.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub fail_percent: Option<u32>,
+    /// Seed of every random choice [default: the scenario's, else 1].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Local addresses to connect from, in turn (e.g. 127.0.0.2,127.0.0.3: each gives ~28,000
+    /// ports).
+    #[arg(long, value_name = "IP,IP,...", value_delimiter = ',')]
+    pub sources: Vec<std::net::IpAddr>,
+    /// MQTT servers (host:port), devices spread over them; a device whose server goes away
+    /// connects to the next [default: admin.json's].
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub server: Vec<String>,
+    /// Connect over MQTT over WebSocket (the servers' ports are then HTTPS ports).
+    #[arg(long)]
+    pub websocket: bool,
+    /// Root of the devices' data directories (one per device).
+    #[arg(long, value_name = "DIR", default_value = "duhub-simulator")]
+    pub data_dir: PathBuf,
+    /// Rehearsal: deploy this update to the group once every device reported.
+    #[arg(long, value_name = "PROVIDER/NAME/VERSION", value_parser = crate::cli::parse_update_id)]
+    pub deploy: Option<duhub_proto::UpdateId>,
+    /// The rehearsal's deployment id [default: rehearsal-<unix time>].
+    #[arg(long, value_name = "ID", requires = "deploy")]
+    pub deployment_id: Option<String>,
+    /// Exit when every device is done and the service agrees, with the rehearsal report.
+    #[arg(long, requires = "deploy")]
+    pub until_done: bool,
+    /// Give up a rehearsal after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    pub timeout: u64,
+    /// Where the server is.
+    #[command(flatten)]
+    pub du: DuArgs,
 }
 
 /// Arguments of `duhub serve`.

@@ -32,6 +32,9 @@ struct Report {
 }
 
 pub(crate) async fn run(args: DeployArgs) -> Result<bool> {
+    if args.populated {
+        return run_populated(args).await;
+    }
     let admin = Admin::read(&args.common.admin)?;
     let api_token = read_token(&args.common.admin)?;
     let dialer = Arc::new(Dialer::new(&admin, &args.common, &args.connect)?);
@@ -87,7 +90,7 @@ pub(crate) async fn run(args: DeployArgs) -> Result<bool> {
     let base = format!("{}/deviceUpdate/{}", admin.https_url, args.instance);
     let version = format!("1.{}", crate::common::unix_now());
     let import_started = Instant::now();
-    import(&http, &base, &api_token, &model, &version).await?;
+    import(&http, &base, &api_token, "loadgen", &model, &version).await?;
     let import_seconds = import_started.elapsed().as_secs_f64();
     eprintln!("deploy: imported loadgen/{model}/{version} in {import_seconds:.2} s; deploying to {}", args.group);
 
@@ -152,6 +155,118 @@ pub(crate) async fn run(args: DeployArgs) -> Result<bool> {
     Ok(report.received == report.connected && report.connected == devices)
 }
 
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PopulatedReport {
+    devices: usize,
+    group: String,
+    update: String,
+    import_seconds: f64,
+    deployment_request_ms: f64,
+    sampled: usize,
+    all_written_seconds: Option<f64>,
+}
+
+/// `deploy --populated`: deploys to the populated (disconnected) devices and waits until the
+/// desired property of every sampled device carries the deployment's workflow.
+async fn run_populated(args: DeployArgs) -> Result<bool> {
+    let admin = Admin::read(&args.common.admin)?;
+    let api_token = read_token(&args.common.admin)?;
+    let service = crate::provision::Service::new(&admin, 32)?;
+    let ids = device_ids(&args.common);
+    let devices = ids.len();
+    let step = (devices / 100).max(1);
+    let mut sample: Vec<String> = ids.iter().step_by(step).cloned().collect();
+    if let Some(last) = ids.last()
+        && sample.last() != Some(last)
+    {
+        sample.push(last.clone());
+    }
+    let http = http_client(&admin)?;
+    let base = format!("{}/deviceUpdate/{}", admin.https_url, args.instance);
+    let version = format!("1.{}", crate::common::unix_now());
+    let import_started = Instant::now();
+    import(&http, &base, &api_token, &args.manufacturer, &args.model, &version).await?;
+    let import_seconds = import_started.elapsed().as_secs_f64();
+    eprintln!(
+        "deploy: imported loadgen/{}/{version} in {import_seconds:.2} s; deploying to {}",
+        args.model, args.group
+    );
+    let deployment_id = format!("loadgen-{}", crate::common::unix_now());
+    let body = json!({"deploymentId": deployment_id, "groupId": args.group, "startDateTime": "2020-01-01T00:00:00Z",
+        "update": {"updateId": {"provider": "loadgen", "name": args.model, "version": version}}});
+    let started = Instant::now();
+    let url = format!(
+        "{base}/management/groups/{}/deployments/{deployment_id}?api-version=2022-10-01",
+        urlencode(&args.group)
+    );
+    let response = http.put(url).bearer_auth(&api_token).json(&body).send().await?;
+    let deployment_request_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if !response.status().is_success() {
+        bail!("creating the deployment: {}: {}", response.status(), response.text().await?);
+    }
+    let deployment: Value = response.json().await?;
+    let workflows: Vec<String> = deployment
+        .get("subgroups")
+        .and_then(Value::as_object)
+        .map(|s| s.values().filter_map(|v| v["workflowId"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut waiting = sample.clone();
+    let mut progress = Progress::new();
+    let mut all_written_seconds = None;
+    while Instant::now() < deadline {
+        let mut still = Vec::new();
+        for id in &waiting {
+            let twin = service.twin(id).await?;
+            let written = twin
+                .pointer("/properties/desired/deviceUpdate/service/workflow/id")
+                .and_then(Value::as_str)
+                .is_some_and(|w| workflows.is_empty() || workflows.iter().any(|x| x == w));
+            let updated = twin
+                .pointer("/properties/desired/deviceUpdate/service/updateManifest")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.contains(&version));
+            if !(written && updated) {
+                still.push(id.clone());
+            }
+        }
+        waiting = still;
+        progress
+            .tick(|| format!("deploy: {} of {} sampled devices have it", sample.len() - waiting.len(), sample.len()));
+        if waiting.is_empty() {
+            all_written_seconds = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = PopulatedReport {
+        devices,
+        group: args.group.clone(),
+        update: format!("loadgen/{}/{version}", args.model),
+        import_seconds,
+        deployment_request_ms,
+        sampled: sample.len(),
+        all_written_seconds,
+    };
+    if args.common.json {
+        print_json(&report)?;
+    } else {
+        println!("deployment of one update to {devices} populated devices (group {})", report.group);
+        println!("  deployment request answered in {:.1} ms", report.deployment_request_ms);
+        match report.all_written_seconds {
+            Some(s) => println!("  all {} sampled devices had the desired property after {s:.3} s", report.sampled),
+            None => println!(
+                "  {} of {} sampled devices still lacked it after {} s",
+                waiting.len(),
+                report.sampled,
+                args.timeout
+            ),
+        }
+    }
+    Ok(report.all_written_seconds.is_some())
+}
+
 fn read_token(path: &std::path::Path) -> Result<String> {
     let admin: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     admin["apiToken"].as_str().map(str::to_owned).context("admin.json has no apiToken")
@@ -172,14 +287,21 @@ fn urlencode(text: &str) -> String {
 }
 
 /// Uploads a one-file update and imports it.
-async fn import(http: &reqwest::Client, base: &str, token: &str, model: &str, version: &str) -> Result<()> {
+async fn import(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    manufacturer: &str,
+    model: &str,
+    version: &str,
+) -> Result<()> {
     let payload = b"#!/bin/sh\necho loadgen\n".to_vec();
     let sha = |bytes: &[u8]| {
         base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
     };
     let manifest = json!({
         "updateId": {"provider": "loadgen", "name": model, "version": version},
-        "compatibility": [{"manufacturer": "loadgen", "model": model}],
+        "compatibility": [{"manufacturer": manufacturer, "model": model}],
         "instructions": {"steps": [{"type": "inline", "handler": "microsoft/script:1", "files": ["install.sh"],
             "handlerProperties": {"scriptFileName": "install.sh", "installedCriteria": version}}]},
         "files": [{"filename": "install.sh", "sizeInBytes": payload.len(), "hashes": {"sha256": sha(&payload)}}],

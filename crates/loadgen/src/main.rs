@@ -7,6 +7,7 @@
 mod common;
 mod deploy;
 mod idle;
+mod populate;
 mod provision;
 mod reported;
 
@@ -33,6 +34,8 @@ Typical session:
   duhub-loadgen reported --admin /tmp/hub/admin.json --count 1000 --duration 20 \\
       --server-pid $SERVER_PID
   duhub-loadgen deploy --admin /tmp/hub/admin.json --count 1000
+  duhub-loadgen populate --admin /tmp/hub/admin.json --count 100000 --model toaster
+  duhub-loadgen deploy --admin /tmp/hub/admin.json --count 100000 --populated --model toaster
 
 Results go to stdout (human-readable, or one JSON document with --json); progress goes to stderr.";
 
@@ -59,6 +62,10 @@ enum Command {
     /// update, deploy it to their group, and measure the time until every device has received
     /// its desired `deviceUpdate.service`.
     Deploy(DeployArgs),
+    /// Provisioned devices connect in waves, report a Device Update agent (deviceUpdate.agent
+    /// and deviceInformation) and disconnect: a fleet of N devices with agents, with at most
+    /// --open sockets at once. Run `provision` first.
+    Populate(PopulateArgs),
 }
 
 /// Options every subcommand shares.
@@ -178,6 +185,34 @@ struct DeployArgs {
     /// Give up waiting for devices after this many seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     timeout: u64,
+    /// Deploy to devices `populate` created (not connected): measure the time until every
+    /// device's desired `deviceUpdate.service` is written, by reading the twins of a sample of
+    /// 100 devices spread over the range (and the last one) until all have the workflow.
+    #[arg(long)]
+    populated: bool,
+    /// With --populated: the agents' `manufacturer` given to `populate`.
+    #[arg(long, default_value = "loadgen", value_name = "M")]
+    manufacturer: String,
+    /// With --populated: the agents' `model` given to `populate`.
+    #[arg(long, default_value = "populated", value_name = "X")]
+    model: String,
+}
+
+#[derive(Debug, Args)]
+struct PopulateArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The agents' `manufacturer` device property (with --model, their device class).
+    #[arg(long, default_value = "loadgen", value_name = "M")]
+    manufacturer: String,
+    /// The agents' `model` device property.
+    #[arg(long, default_value = "populated", value_name = "X")]
+    model: String,
+    /// Connections open at once at most (at most 15,000: keep below the open-file limit).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    open: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -200,6 +235,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Idle(a) => a.common.threads,
         Command::Reported(a) => a.common.threads,
         Command::Deploy(a) => a.common.threads,
+        Command::Populate(a) => a.common.threads,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -213,6 +249,7 @@ fn run(cli: Cli) -> Result<bool> {
             Command::Idle(args) => idle::run(args).await,
             Command::Reported(args) => reported::run(args).await,
             Command::Deploy(args) => deploy::run(args).await,
+            Command::Populate(args) => populate::run(args).await,
         }
     })
 }

@@ -14,14 +14,14 @@ use tokio::sync::Mutex;
 use crate::ProvisionArgs;
 use crate::common::{API_VERSION, Admin, Progress, device_ids, device_key, print_json, top_errors, unix_now};
 
-struct Service {
+pub(crate) struct Service {
     client: reqwest::Client,
     base: String,
     service: ConnectionString,
 }
 
 impl Service {
-    fn new(admin: &Admin, concurrency: usize) -> Result<Self> {
+    pub(crate) fn new(admin: &Admin, concurrency: usize) -> Result<Self> {
         let certificate = reqwest::Certificate::from_pem(&admin.ca_pem()?).context("parsing the CA certificate")?;
         let client = reqwest::Client::builder()
             .tls_certs_only([certificate])
@@ -38,6 +38,17 @@ impl Service {
     fn authorization(&self) -> String {
         // Invariant: the key was checked in `new`.
         self.service.sas_token(unix_now() + 3600).unwrap_or_default()
+    }
+
+    /// A device's twin (`GET /twins/{id}`).
+    pub(crate) async fn twin(&self, id: &str) -> Result<Value> {
+        let url = format!("{}/twins/{}?api-version={API_VERSION}", self.base, duhub_proto::sas::percent_encode(id));
+        let response = self.client.get(url).header("Authorization", self.authorization()).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!("GET twin {id}: {status}");
+        }
+        Ok(response.json().await?)
     }
 
     fn url(&self, id: &str) -> String {

@@ -1,7 +1,7 @@
 //! The whole HTTPS side of a node as one axum [`Router`]: the IoT Hub service REST subset
-//! (`rest`), the Device Update REST API and downloads (`rest::du`), and MQTT over WebSocket
-//! (`ws`). Built in one place so that `server` and tests serve exactly the same routes, and so
-//! that `rest` and `ws` need not know each other.
+//! (`rest`), the Device Update REST API and downloads (`rest::du`), MQTT over WebSocket (`ws`)
+//! and the operator dashboard at `/ui/` (`ui`). Built in one place so that `server` and tests
+//! serve exactly the same routes, and so that `rest`, `ws` and `ui` need not know each other.
 //!
 //! A panic in a handler is a bug, not an outage: [`CatchPanicLayer`] turns it into a logged 500
 //! with a JSON body, and the node goes on serving every other request and device.
@@ -16,13 +16,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::du::DeviceUpdate;
 use crate::hub::Hub;
 use crate::rest::{self, AppState};
-use crate::ws;
+use crate::{ui, ws};
 
 /// The router of every HTTPS route of a node. `hostname` is the host name service SAS tokens
 /// must name.
 pub fn app(hub: Arc<Hub>, du: Arc<DeviceUpdate>, hostname: String) -> Router {
     let router = rest::router(AppState { hub: hub.clone(), hostname })
-        .merge(rest::du::router(rest::du::DuState { du }))
+        .merge(rest::du::router(rest::du::DuState { du: du.clone() }))
+        .merge(ui::router(ui::UiState { du }))
         .merge(ws::router(hub));
     #[cfg(feature = "test-hooks")]
     let router = router.route(

@@ -13,4 +13,5 @@ pub mod rest;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod ws;

@@ -47,12 +47,12 @@ impl ServeProcess {
         Self::start_with_args(binary, data_dir, database_url, &[]).await
     }
 
-    /// [`ServeProcess::start`] with more `serve` arguments (such as `--config FILE`).
+    /// [`ServeProcess::start`] with more `duhub serve` flags (e.g. `--public-url URL`).
     pub async fn start_with_args(
         binary: &Path,
         data_dir: &Path,
         database_url: Option<&str>,
-        args: &[&str],
+        extra_args: &[&str],
     ) -> Result<Self> {
         crate::install_crypto_provider();
         let log_path = data_dir.with_extension("log");
@@ -71,7 +71,7 @@ impl ServeProcess {
         if let Some(url) = database_url {
             command.args(["--database-url", url]);
         }
-        command.args(args);
+        command.args(extra_args);
         // The child's environment only: no settings leak in from the caller's.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("DUHUB_") {

@@ -46,6 +46,31 @@ impl Service {
         Ok(Self { admin, client, service })
     }
 
+    /// What `admin.json` says.
+    pub(super) fn admin(&self) -> &Admin {
+        &self.admin
+    }
+
+    /// The device `id` (created when missing, with generated keys): its connection string.
+    pub(super) async fn ensure_device(&self, id: &str) -> Result<String> {
+        let path = format!("/devices/{}", duhub_proto::sas::percent_encode(id));
+        let body = json!({
+            "deviceId": id,
+            "status": "enabled",
+            "authentication": {"symmetricKey": {}, "type": "sas"},
+            "capabilities": {"iotEdge": false},
+        });
+        let device = match self.call(reqwest::Method::PUT, &path, Some(body)).await {
+            Ok(device) => device,
+            Err(error) if error.to_string().contains(reqwest::StatusCode::CONFLICT.as_str()) => {
+                self.call(reqwest::Method::GET, &path, None).await?
+            }
+            Err(error) => return Err(error),
+        };
+        self.device_connection_string(&device.unwrap_or_default())
+            .with_context(|| format!("device {id} has no symmetric key"))
+    }
+
     fn authorization(&self) -> String {
         let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600;
         // Invariant: the key was checked in `connect`.

@@ -5,7 +5,7 @@
 //! the answers: with `--json` the JSON the server returned (lists as one array of every page),
 //! otherwise aligned tables and `key: value` lines built by the helpers here.
 
-mod client;
+pub(super) mod client;
 pub(super) mod deployments;
 pub(super) mod management;
 pub(super) mod tokens;

@@ -7,6 +7,7 @@ mod du;
 mod keys;
 mod manifest;
 mod serve;
+mod simulate;
 mod update;
 
 use anyhow::Result;
@@ -71,5 +72,6 @@ pub fn dispatch(matches: &ArgMatches) -> Result<Outcome> {
         Command::Token(TokenCommand::List(args)) => du::tokens::list(&args),
         Command::Token(TokenCommand::Create(args)) => du::tokens::create(&args),
         Command::Token(TokenCommand::Revoke(args)) => du::tokens::revoke(&args),
+        Command::Simulate(args) => simulate::simulate(&args),
     }
 }

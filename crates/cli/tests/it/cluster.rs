@@ -164,3 +164,76 @@ async fn acknowledged_reported_patches_survive_a_kill_9() {
         assert_eq!(&device.get_twin().await.unwrap()["reported"], reported);
     }
 }
+
+/// Killed with SIGKILL while devices stream Device Update agent reports, the node never leaves
+/// a device's Device Update record (`du_device`) disagreeing with its twin: the record is
+/// written in the reported patch's own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_never_leaves_the_device_update_record_and_the_twin_disagreeing() {
+    const KILL_AFTER: usize = 200;
+    const DEVICES: usize = 4;
+    let root = temp_dir();
+    let dir = root.path().join("node");
+    let mut node = ServeProcess::start(&binary(), &dir, None).await.unwrap();
+    let service = node.service().unwrap();
+    let mut devices = Vec::new();
+    for index in 0..DEVICES {
+        let device_id = format!("du{index}");
+        let (key, _) = service.create_device(&device_id).await.unwrap();
+        devices.push((device_id.clone(), node.connect_device(&device_id, &key).await));
+    }
+    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut streams = Vec::new();
+    for (device_id, mut device) in devices {
+        let acks = acks.clone();
+        streams.push(tokio::spawn(async move {
+            for seq in 1u64.. {
+                // Each patch moves the agent to another workflow and state, and (every third)
+                // to another device class.
+                let report = json!({"deviceUpdate": {"__t": "c", "agent": {
+                    "deviceProperties": {"manufacturer": "contoso", "model": format!("m{}", seq % 3)},
+                    "state": if seq % 2 == 0 { 6 } else { 0 },
+                    "workflow": {"action": 3, "id": format!("w{seq}")},
+                    "lastInstallResult": {"resultCode": seq, "extendedResultCodes": "00000000", "resultDetails": ""}}}});
+                match device.patch_reported_raw(report.to_string().into_bytes()).await {
+                    Ok(duhub_testkit::TwinResponse { status: 204, .. }) => {
+                        let _ = acks.send(());
+                    }
+                    Ok(other) => panic!("{device_id}: patch {seq} was answered {other:?}"),
+                    Err(DeviceError::Closed(_)) => break,
+                    Err(error) => panic!("{device_id}: patch {seq}: {error}"),
+                }
+            }
+        }));
+    }
+    drop(acks);
+    let counted = tokio::time::timeout(TIMEOUT * 3, async {
+        for _ in 0..KILL_AFTER {
+            acked.recv().await.expect("a stream ended before the kill");
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "{KILL_AFTER} patches were not acknowledged in time\nlog:\n{}", node.log());
+    node.kill();
+    for stream in streams {
+        tokio::time::timeout(TIMEOUT, stream).await.expect("a stream did not notice the kill").unwrap();
+    }
+
+    // The database as the killed node left it: every record says what its twin says.
+    let url = format!("sqlite://{}", dir.join("duhub.db").display());
+    let store = duhub_server::store::Store::open(&url, "check").await.unwrap();
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("du{i}")).collect();
+    let twins = store.fleet_of(&ids).await.unwrap();
+    let records = store.records(&duhub_server::store::RecordFilter::default(), None, 100).await.unwrap();
+    assert_eq!(records.len(), DEVICES, "every device reported an agent before the kill");
+    for (twin, record) in twins.iter().zip(&records) {
+        let view = duhub_server::du::fleet::DeviceView::from_row(twin).unwrap_or_else(|| panic!("{twin:?}"));
+        assert_eq!(view.device_id, record.device_id);
+        let seq = view.reported_workflow().unwrap().trim_start_matches('w').parse::<u64>().unwrap();
+        assert!(seq > 0);
+        assert_eq!(record.facts.workflow_id.as_deref(), view.reported_workflow(), "{}", record.device_id);
+        assert_eq!(record.facts.agent_state, view.agent.state.map(|s| s.code()), "{}", record.device_id);
+        assert_eq!(record.facts.result_code, view.reported_result().map(|r| i64::from(r.0)), "{}", record.device_id);
+        assert_eq!(record.class_id, view.class.id, "{}", record.device_id);
+    }
+}

@@ -13,5 +13,6 @@ mod hardening;
 mod keys;
 mod manifest;
 mod readme;
+mod simulate;
 mod support;
 mod update;

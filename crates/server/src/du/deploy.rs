@@ -14,8 +14,23 @@ use duhub_proto::result::ResultCode;
 use duhub_proto::twin::{AgentState, UpdateAction};
 use serde::Serialize;
 
-use super::fleet::DeviceView;
+use duhub_proto::twin::Workflow;
+use duhub_proto::update_id::UpdateId;
+
 use super::model::{StoredDeployment, SubgroupState};
+
+/// What a device reports that its state in a deployment is derived from: a device read from
+/// its twin (`fleet::DeviceView`) or the facts its record stores (`store::Facts`).
+pub trait Reports {
+    /// The reported workflow id.
+    fn reported_workflow(&self) -> Option<&str>;
+    /// The reported agent state.
+    fn reported_state(&self) -> Option<AgentState>;
+    /// The reported overall result code.
+    fn reported_result(&self) -> Option<ResultCode>;
+    /// The installed update.
+    fn installed(&self) -> Option<UpdateId>;
+}
 
 /// A device's state in a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,10 +72,10 @@ pub struct Assignment<'a> {
 
 impl Assignment<'_> {
     /// Whether the device's desired workflow already says this.
-    pub fn is_written(&self, device: &DeviceView) -> bool {
-        device.desired.action == Some(self.action)
-            && device.desired.id.as_deref() == Some(self.subgroup.workflow_id.as_str())
-            && device.desired.retry_timestamp.as_deref() == self.retry_timestamp
+    pub fn is_written(&self, desired: &Workflow) -> bool {
+        desired.action == Some(self.action)
+            && desired.id.as_deref() == Some(self.subgroup.workflow_id.as_str())
+            && desired.retry_timestamp.as_deref() == self.retry_timestamp
     }
 }
 
@@ -87,6 +102,13 @@ pub fn has_started(start: &str, now: &str) -> bool {
     instant(start) <= instant(now)
 }
 
+/// How long from `now` until `start` (both RFC 3339), if `start` is still to come.
+pub fn time_until(start: &str, now: &str) -> Option<std::time::Duration> {
+    let nanos = instant(start)?.checked_sub(instant(now)?)?;
+    let nanos = u64::try_from(nanos).ok().filter(|n| *n > 0)?;
+    Some(std::time::Duration::from_nanos(nanos))
+}
+
 /// An RFC 3339 time as nanoseconds since 1970, for comparing: times are written with only the
 /// fractional digits they need (`...:15Z`, `...:15.25Z`), so their text does not sort (`.` <
 /// `Z`). Unreadable text sorts first.
@@ -96,31 +118,43 @@ fn instant(text: &str) -> Option<i128> {
         .map(time::OffsetDateTime::unix_timestamp_nanos)
 }
 
-/// What `device` should be told, given the deployment governing its subgroup: the rollback
-/// deployment's workflow when the device is one of its targets, else the governing one's.
+/// What device `device_id` of class `class_id` should be told, given the deployment governing
+/// its subgroup: the rollback deployment's workflow when the device is one of its targets, else
+/// the governing one's. `device_id` `None` stands for any device that is neither a rollback
+/// target nor retried (what whole buckets of devices are counted as).
 pub fn assignment<'a>(
     governing: &'a StoredDeployment,
     deployments: &'a [StoredDeployment],
-    device: &DeviceView,
+    class_id: &str,
+    device_id: Option<&str>,
 ) -> Option<Assignment<'a>> {
-    let subgroup = governing.subgroups.get(&device.class.id)?;
-    if let Some(rollback_id) = &subgroup.rollback_deployment
-        && let Some(rollback) =
-            deployments.iter().find(|d| d.group_id == governing.group_id && &d.deployment_id == rollback_id)
-        && rollback.target_devices.as_ref().is_some_and(|t| t.contains(&device.device_id))
-        && let Some(rollback_subgroup) = rollback.subgroups.get(&device.class.id)
+    let subgroup = governing.subgroups.get(class_id)?;
+    if let Some(device_id) = device_id
+        && let Some(rollback) = rollback_of(governing, subgroup, deployments)
+        && rollback.target_devices.as_ref().is_some_and(|t| t.iter().any(|d| d == device_id))
+        && let Some(rollback_subgroup) = rollback.subgroups.get(class_id)
     {
-        return Some(for_subgroup(rollback, rollback_subgroup, device));
+        return Some(for_subgroup(rollback, rollback_subgroup, Some(device_id)));
     }
-    Some(for_subgroup(governing, subgroup, device))
+    Some(for_subgroup(governing, subgroup, device_id))
+}
+
+/// The rollback deployment a subgroup of `governing` started, if it exists.
+pub fn rollback_of<'a>(
+    governing: &StoredDeployment,
+    subgroup: &SubgroupState,
+    deployments: &'a [StoredDeployment],
+) -> Option<&'a StoredDeployment> {
+    let rollback_id = subgroup.rollback_deployment.as_ref()?;
+    deployments.iter().find(|d| d.group_id == governing.group_id && &d.deployment_id == rollback_id)
 }
 
 fn for_subgroup<'a>(
     deployment: &'a StoredDeployment,
     subgroup: &'a SubgroupState,
-    device: &DeviceView,
+    device_id: Option<&str>,
 ) -> Assignment<'a> {
-    let retried = subgroup.retry_devices.iter().any(|d| d == &device.device_id);
+    let retried = device_id.is_some_and(|id| subgroup.retry_devices.iter().any(|d| d == id));
     Assignment {
         deployment,
         subgroup,
@@ -131,11 +165,11 @@ fn for_subgroup<'a>(
 
 /// The state of `device` in `deployment` (whose subgroup state for the device's class is
 /// `subgroup`).
-pub fn device_state(deployment: &StoredDeployment, subgroup: &SubgroupState, device: &DeviceView) -> DeviceState {
+pub fn device_state(deployment: &StoredDeployment, subgroup: &SubgroupState, device: &impl Reports) -> DeviceState {
     let workflow = subgroup.workflow_id.as_str();
     let reported_here = device.reported_workflow() == Some(workflow);
     let state = device.reported_state();
-    let installed_here = device.installed.as_ref().is_some_and(|installed| {
+    let installed_here = device.installed().is_some_and(|installed| {
         installed.provider.eq_ignore_ascii_case(&deployment.update.provider)
             && installed.name.eq_ignore_ascii_case(&deployment.update.name)
             && installed.version == deployment.update.version
@@ -179,30 +213,21 @@ impl Counts {
     pub fn of(states: impl IntoIterator<Item = DeviceState>) -> Self {
         let mut counts = Self::default();
         for state in states {
-            counts.total += 1;
-            match state {
-                DeviceState::InProgress => counts.in_progress += 1,
-                DeviceState::Failed => counts.failed += 1,
-                DeviceState::Succeeded => counts.succeeded += 1,
-                DeviceState::Canceled => counts.canceled += 1,
-            }
+            counts.add(state, 1);
         }
         counts
     }
-}
 
-/// The devices a deployment's subgroup covers: the devices of the group and class, or a
-/// rollback deployment's targets among them.
-pub fn subgroup_devices<'a>(
-    deployment: &StoredDeployment,
-    class: &str,
-    devices: &'a [DeviceView],
-) -> Vec<&'a DeviceView> {
-    devices
-        .iter()
-        .filter(|d| d.group_id == deployment.group_id && d.class.id == class)
-        .filter(|d| deployment.target_devices.as_ref().is_none_or(|targets| targets.contains(&d.device_id)))
-        .collect()
+    /// Adds `devices` devices in `state`.
+    pub fn add(&mut self, state: DeviceState, devices: u64) {
+        self.total += devices;
+        match state {
+            DeviceState::InProgress => self.in_progress += devices,
+            DeviceState::Failed => self.failed += devices,
+            DeviceState::Succeeded => self.succeeded += devices,
+            DeviceState::Canceled => self.canceled += devices,
+        }
+    }
 }
 
 /// The state name of a subgroup of a deployment (`Active`, `Failed`, `Inactive`, `Canceled`).
@@ -256,6 +281,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::du::fleet::DeviceView;
     use crate::store::FleetRow;
 
     fn deployment(id: &str, start: &str) -> StoredDeployment {

@@ -6,6 +6,10 @@ use super::deploy::{self, DeviceState};
 use super::model::{StoredDeployment, update_key};
 use super::{DeviceUpdate, ServiceError, parse};
 use crate::ids::now_service_timestamp;
+use crate::store::{RecordFilter, RecordRow};
+
+/// Records read per query when a list is walked whole.
+const RECORD_CHUNK: i64 = 5000;
 
 impl DeviceUpdate {
     /// Deployments with their revisions.
@@ -113,7 +117,6 @@ impl DeviceUpdate {
     /// Retries a deployment in one subgroup: its failed devices get the same workflow id with a
     /// new `retryTimestamp`.
     pub async fn retry(&self, group: &str, class: &str, id: &str) -> Result<StoredDeployment, ServiceError> {
-        let snapshot = self.snapshot().await?;
         let (current, _) = self
             .deployment(group, id)
             .await?
@@ -125,11 +128,7 @@ impl DeviceUpdate {
         if subgroup.canceled {
             return Err(ServiceError::Conflict(format!("deployment {id} is cancelled in device class {class}")));
         }
-        let failed: Vec<String> = deploy::subgroup_devices(&current, class, &snapshot.devices)
-            .into_iter()
-            .filter(|d| deploy::device_state(&current, subgroup, d) == DeviceState::Failed)
-            .map(|d| d.device_id.clone())
-            .collect();
+        let failed = self.failed_devices(&current, class).await?;
         let timestamp = now_service_timestamp();
         self.change_deployment(group, id, |d| {
             let subgroup = d.subgroups.get_mut(class).ok_or_else(|| {
@@ -145,5 +144,43 @@ impl DeviceUpdate {
             Ok(())
         })
         .await
+    }
+
+    /// Every record matching `filter`, in device id order (read in keyset chunks).
+    pub async fn all_records(&self, filter: &RecordFilter) -> Result<Vec<RecordRow>, ServiceError> {
+        let mut out: Vec<RecordRow> = Vec::new();
+        loop {
+            let after = out.last().map(|r| r.device_id.clone());
+            let chunk = self.store.records(filter, after.as_deref(), RECORD_CHUNK).await?;
+            let done = i64::try_from(chunk.len()).unwrap_or(i64::MAX) < RECORD_CHUNK;
+            out.extend(chunk);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The devices that failed `deployment` in its subgroup of `class`: only devices that
+    /// reported its workflow can have failed, so only their records are read.
+    pub async fn failed_devices(
+        &self,
+        deployment: &StoredDeployment,
+        class: &str,
+    ) -> Result<Vec<String>, ServiceError> {
+        let Some(subgroup) = deployment.subgroups.get(class) else { return Ok(Vec::new()) };
+        let filter = RecordFilter {
+            group_id: Some(deployment.group_id.clone()),
+            class_id: Some(class.to_owned()),
+            workflow_id: Some(subgroup.workflow_id.clone()),
+            not_desired: None,
+        };
+        Ok(self
+            .all_records(&filter)
+            .await?
+            .into_iter()
+            .filter(|d| deployment.target_devices.as_ref().is_none_or(|t| t.contains(&d.device_id)))
+            .filter(|d| deploy::device_state(deployment, subgroup, &d.facts) == DeviceState::Failed)
+            .map(|d| d.device_id)
+            .collect())
     }
 }

@@ -7,16 +7,13 @@
 use std::collections::BTreeMap;
 
 use duhub_proto::result::ResultCode;
-use duhub_proto::twin::{AgentProperties, AgentState, UpdateAction, Workflow};
+use duhub_proto::twin::{AgentProperties, AgentState, Workflow};
 use duhub_proto::update_id::UpdateId;
 use serde_json::{Value, json};
 
-use crate::store::FleetRow;
+use crate::store::{DuRecord, Facts, FleetRow};
 
-/// The twin tag that names a device's group.
-pub const GROUP_TAG: &str = "ADUGroup";
-/// The group of devices without the tag.
-pub const DEFAULT_GROUP: &str = "$default";
+pub use crate::store::{DEFAULT_GROUP, GROUP_TAG};
 
 /// A device class: compatibility property values and contract model.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,10 +29,20 @@ pub struct DeviceClass {
 impl DeviceClass {
     /// The class of these compatibility values and contract model.
     pub fn new(compat: BTreeMap<String, String>, contract_model: Option<String>) -> Self {
-        let canonical = json!({"compat": compat, "contractModel": contract_model}).to_string();
-        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
-        let id = digest.as_ref().iter().take(20).map(|b| format!("{b:02x}")).collect();
+        let id = crate::store::class_id(&compat, contract_model.as_deref());
         Self { id, compat, contract_model }
+    }
+
+    /// The class stored in a record as its canonical JSON (`{"compat", "contractModel"}`).
+    pub fn from_body(body: &str) -> Self {
+        let value: Value = serde_json::from_str(body).unwrap_or_default();
+        let compat = value
+            .get("compat")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+            .unwrap_or_default();
+        let model = value.get("contractModel").and_then(Value::as_str).map(str::to_owned);
+        Self::new(compat, model)
     }
 
     /// Whether an update with these compatibility sets fits this class: some set whose every
@@ -99,41 +106,17 @@ impl DeviceView {
     /// The device from its twin; `None` for devices without a Device Update agent (no
     /// reported `deviceUpdate.agent.deviceProperties`).
     pub fn from_row(row: &FleetRow) -> Option<Self> {
-        let agent_json = row.reported.pointer("/deviceUpdate/agent")?;
-        let properties = agent_json.get("deviceProperties")?.as_object()?;
-        let agent: AgentProperties = serde_json::from_value(agent_json.clone()).unwrap_or_default();
-        let names = agent_json
-            .get("compatPropertyNames")
-            .and_then(Value::as_str)
-            .filter(|names| !names.trim().is_empty())
-            .unwrap_or("manufacturer,model");
-        let mut compat = BTreeMap::new();
-        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()).take(5) {
-            let value = properties
-                .iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(name))
-                .and_then(|(_, value)| value.as_str())
-                .unwrap_or_default();
-            compat.insert(name.to_owned(), value.to_owned());
-        }
-        let contract_model = properties.get("contractModelId").and_then(Value::as_str).map(str::to_owned);
-        let group = row.tags.get(GROUP_TAG).and_then(Value::as_str).filter(|g| !g.is_empty());
-        let installed = agent.installed_update_id.as_deref().and_then(UpdateId::from_installed_update_id);
+        let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
+        let record = DuRecord::of(&object(&row.tags), &object(&row.desired), &object(&row.reported))?;
         let desired_service = row.desired.pointer("/deviceUpdate/service").cloned().unwrap_or(Value::Null);
-        let workflow = desired_service.get("workflow");
-        let desired = Workflow {
-            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
-            id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
-            retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
-        };
         Some(Self {
             device_id: row.device_id.clone(),
-            group_id: group.unwrap_or(DEFAULT_GROUP).to_owned(),
-            tagged: group.is_some(),
-            class: DeviceClass::new(compat, contract_model),
-            agent,
-            installed,
-            desired,
+            group_id: record.group_id,
+            tagged: record.tagged,
+            class: DeviceClass { id: record.class_id, compat: record.compat, contract_model: record.contract_model },
+            agent: record.agent,
+            installed: record.installed,
+            desired: record.desired,
             desired_service,
         })
     }
@@ -157,6 +140,36 @@ impl DeviceView {
 /// Every Device Update device of the twins.
 pub fn devices(rows: &[FleetRow]) -> Vec<DeviceView> {
     rows.iter().filter_map(DeviceView::from_row).collect()
+}
+
+impl super::deploy::Reports for DeviceView {
+    fn reported_workflow(&self) -> Option<&str> {
+        DeviceView::reported_workflow(self)
+    }
+    fn reported_state(&self) -> Option<AgentState> {
+        self.agent.state
+    }
+    fn reported_result(&self) -> Option<ResultCode> {
+        DeviceView::reported_result(self)
+    }
+    fn installed(&self) -> Option<UpdateId> {
+        self.installed.clone()
+    }
+}
+
+impl super::deploy::Reports for Facts {
+    fn reported_workflow(&self) -> Option<&str> {
+        self.workflow_id.as_deref()
+    }
+    fn reported_state(&self) -> Option<AgentState> {
+        self.state()
+    }
+    fn reported_result(&self) -> Option<ResultCode> {
+        self.result()
+    }
+    fn installed(&self) -> Option<UpdateId> {
+        Facts::installed(self)
+    }
 }
 
 /// Compares two versions part by part as numbers (`1.10` > `1.9`); parts that are not numbers

@@ -19,9 +19,11 @@
 //! `operations` (long-running operation records), `groups` (group, device class and subgroup
 //! records), `deployments` (create, change, cancel, retry), `snapshot` (the fleet read at one
 //! moment), `status` (compliance, group, subgroup and deployment status as typed results),
-//! `reconciler` (the loop that writes desired properties and fires rollback policies), and the
-//! pure rules in `fleet`, `deploy` and `model`.
+//! `reconciler` (the loop that writes desired properties and fires rollback policies),
+//! `console` (the operator dashboard's questions, answered as typed values), and the pure rules
+//! in `fleet`, `deploy` and `model`.
 
+pub mod console;
 pub mod content;
 pub mod deploy;
 mod deployments;

@@ -233,6 +233,12 @@ pub struct SubgroupState {
     pub rollback_deployment: Option<String>,
 }
 
+/// Whether a deployment id follows the service's rules: 1 to 73 characters, no upper-case
+/// letters and none of `& ^ [ ] { } | < > / \ "`.
+pub fn valid_deployment_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= 73 && !id.chars().any(|c| c.is_uppercase() || "&^[]{}|<>/\\\"".contains(c))
+}
+
 /// A deployment, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

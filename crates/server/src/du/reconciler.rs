@@ -11,50 +11,89 @@ use duhub_proto::twin::{DEVICE_UPDATE_COMPONENT, ServiceProperties, UpdateAction
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::deploy::{self, Assignment, Counts, DeviceState};
-use super::fleet::DeviceView;
+use super::deploy::{self, Assignment};
 use super::model::{StoredDeployment, SubgroupState};
 use super::{DeviceUpdate, ServiceError, Snapshot};
 use crate::ids::{new_uuid, now_rfc3339};
+use crate::store::RecordFilter;
+
+/// The longest wait between retries of a failing pass.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often finished operations are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long record changes gather before the pass they trigger.
+const COALESCE: Duration = Duration::from_millis(200);
+
+/// What a pass did.
+struct Pass {
+    /// Deployment records changed: another pass should follow at once.
+    changed: bool,
+    /// Time until the next deployment starts, if one is still to start.
+    next_start: Option<Duration>,
+    /// Desired writes that failed (retried with backoff).
+    failed_writes: usize,
+}
 
 impl DeviceUpdate {
-    /// Runs the reconciler until `stopped`; it also runs at once when woken.
+    /// Runs the reconciler until `stopped`. It is event-driven: a pass runs at start, when woken
+    /// (a deployment created, replaced, cancelled, retried or deleted), when a device's record
+    /// changed on this node (it reported, joined a group or class), and at the timers it owns
+    /// (the next deployment start time; a retry with backoff after a failed pass or failed
+    /// writes). It never rescans the fleet on a period.
     pub async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         self.recover_operations().await;
+        let records_changed = self.store.records_changed();
         let mut pruned_at = std::time::Instant::now();
+        let base = self.settings.reconcile_interval;
+        let mut backoff = base;
         loop {
-            let again = match self.reconcile(true).await {
-                Ok(again) => again,
+            let timer = match self.pass(true).await {
+                Ok(pass) if pass.changed => continue,
+                Ok(pass) => {
+                    let retry = (pass.failed_writes > 0).then_some(backoff);
+                    backoff = if retry.is_some() { (backoff * 2).min(MAX_BACKOFF) } else { base };
+                    [pass.next_start, retry].into_iter().flatten().min()
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "reconciling deployments failed; trying again");
-                    false
+                    tracing::warn!(%error, retry_in = ?backoff, "reconciling deployments failed; trying again");
+                    let retry = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(retry)
                 }
             };
-            if pruned_at.elapsed() > Duration::from_secs(3600) {
+            if pruned_at.elapsed() > PRUNE_EVERY {
                 pruned_at = std::time::Instant::now();
                 self.prune_operations().await;
             }
-            if again {
-                continue;
-            }
             tokio::select! {
-                () = tokio::time::sleep(self.settings.reconcile_interval) => {}
+                () = tokio::time::sleep(timer.unwrap_or(PRUNE_EVERY)) => {}
                 () = self.wake.notified() => {}
+                () = records_changed.notified() => {
+                    // Reports come in bursts during a rollout: let them gather into one pass.
+                    tokio::time::sleep(COALESCE).await;
+                }
                 _ = stopped.changed() => return,
             }
         }
     }
 
-    /// One pass: extend deployments to new subgroups, fire rollback policies and (when
-    /// `write`) write what devices should be told. Returns whether records changed (so another
-    /// pass should follow).
+    /// One pass (see [`Self::pass`]); returns whether deployment records changed.
     pub async fn reconcile(&self, write: bool) -> Result<bool, ServiceError> {
+        Ok(self.pass(write).await?.changed)
+    }
+
+    /// One pass: extend deployments to new subgroups, fire rollback policies and (when
+    /// `write`) write what devices should be told. Reads device counts (`GROUP BY` on the
+    /// records) and, per subgroup, only the records whose desired workflow differs from their
+    /// assignment.
+    async fn pass(&self, write: bool) -> Result<Pass, ServiceError> {
         let _pass = self.reconciling.lock().await;
         let snapshot = self.snapshot().await?;
         let mut changed = false;
         let pairs: BTreeSet<(String, String)> =
-            snapshot.devices.iter().map(|d| (d.group_id.clone(), d.class.id.clone())).collect();
-        let mut writes = Vec::new();
+            snapshot.buckets.iter().map(|b| (b.group_id.clone(), b.class.id.clone())).collect();
+        let mut writes: Vec<(String, Arc<Value>)> = Vec::new();
+        let mut services: BTreeMap<(String, String, Option<String>), Arc<Value>> = BTreeMap::new();
         for (group, class_id) in pairs {
             let Some(governing) = snapshot.governing(&group, &class_id) else { continue };
             let Some(subgroup) = governing.subgroups.get(&class_id) else {
@@ -74,35 +113,75 @@ impl DeviceUpdate {
                 changed = true;
                 continue;
             };
-            let members: Vec<&DeviceView> =
-                snapshot.devices.iter().filter(|d| d.group_id == group && d.class.id == class_id).collect();
-            for device in members.iter().filter(|_| write) {
-                if let Some(assignment) = deploy::assignment(governing, &snapshot.deployments, device)
-                    && !assignment.is_written(device)
-                {
-                    match self.service_patch(&snapshot, &assignment, device) {
-                        Ok(patch) => writes.push((device.device_id.clone(), patch)),
-                        Err(error) => {
-                            tracing::warn!(%error, device = device.device_id, "cannot build the desired property")
-                        }
+            if write {
+                // Only devices whose desired workflow differs from the subgroup's (or carries a
+                // retry timestamp) can need a write; the index narrows the read to them.
+                let action = if subgroup.canceled { UpdateAction::Cancel } else { UpdateAction::ProcessDeployment };
+                let filter = RecordFilter {
+                    group_id: Some(group.clone()),
+                    class_id: Some(class_id.clone()),
+                    workflow_id: None,
+                    not_desired: Some((subgroup.workflow_id.clone(), action.code())),
+                };
+                // Retried devices and rollback targets are told something else than the
+                // subgroup's workflow: their records are read by id (they are few).
+                let mut special: Vec<String> = subgroup.retry_devices.clone();
+                if let Some(rollback) = deploy::rollback_of(governing, subgroup, &snapshot.deployments) {
+                    special.extend(rollback.target_devices.iter().flatten().cloned());
+                }
+                let mut rows = self.all_records(&filter).await?;
+                if !special.is_empty() {
+                    special.sort();
+                    special.dedup();
+                    let known: BTreeSet<String> = rows.iter().map(|r| r.device_id.clone()).collect();
+                    rows.extend(
+                        self.store
+                            .records_of(&special)
+                            .await?
+                            .into_iter()
+                            .filter(|r| r.group_id == group && r.class_id == class_id && !known.contains(&r.device_id)),
+                    );
+                }
+                for row in rows {
+                    let Some(assignment) =
+                        deploy::assignment(governing, &snapshot.deployments, &class_id, Some(&row.device_id))
+                    else {
+                        continue;
+                    };
+                    if assignment.is_written(&row.desired) {
+                        continue;
                     }
+                    let key = (
+                        assignment.subgroup.workflow_id.clone(),
+                        format!("{:?}", assignment.action),
+                        assignment.retry_timestamp.map(str::to_owned),
+                    );
+                    let service = match services.get(&key) {
+                        Some(service) => service.clone(),
+                        None => match self.service_value(&snapshot, &assignment) {
+                            Ok(service) => {
+                                let service = Arc::new(service);
+                                services.insert(key, service.clone());
+                                service
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, device = row.device_id, "cannot build the desired property");
+                                continue;
+                            }
+                        },
+                    };
+                    writes.push((row.device_id, service));
                 }
             }
             if let Some(policy) = &governing.rollback_policy
                 && subgroup.rollback_deployment.is_none()
                 && !subgroup.canceled
+                && let Some(status) = snapshot.subgroup_status(governing, &class_id)
+                && deploy::rollback_due(status.counts, policy.devices_failed_count, policy.devices_failed_percentage)
             {
-                let states: Vec<(String, DeviceState)> = members
-                    .iter()
-                    .map(|d| (d.device_id.clone(), deploy::device_state(governing, subgroup, d)))
-                    .collect();
-                let counts = Counts::of(states.iter().map(|(_, s)| *s));
-                if deploy::rollback_due(counts, policy.devices_failed_count, policy.devices_failed_percentage) {
-                    let failed: Vec<String> =
-                        states.iter().filter(|(_, s)| *s == DeviceState::Failed).map(|(d, _)| d.clone()).collect();
-                    self.start_rollback(governing, &class_id, failed).await?;
-                    changed = true;
-                }
+                let failed = self.failed_devices(governing, &class_id).await?;
+                self.start_rollback(governing, &class_id, failed).await?;
+                changed = true;
             }
         }
         let count = writes.len();
@@ -112,21 +191,28 @@ impl DeviceUpdate {
         let mut tasks = tokio::task::JoinSet::new();
         let mut pending = writes.into_iter();
         let store = self.store.clone();
+        let mut failed_writes = 0;
         loop {
             while tasks.len() < 256 {
-                let Some((device, patch)) = pending.next() else { break };
+                let Some((device, service)) = pending.next() else { break };
                 let store = store.clone();
                 tasks.spawn(async move {
-                    if let Err(error) = store.patch_desired(&device, &patch, None).await {
+                    let outcome = write_service(&store, &device, &service).await;
+                    if let Err(error) = &outcome {
                         tracing::warn!(%error, device, "writing the desired deployment failed");
                     }
+                    outcome.is_ok()
                 });
             }
-            if tasks.join_next().await.is_none() {
-                break;
+            match tasks.join_next().await {
+                None => break,
+                Some(Ok(true)) => {}
+                Some(_) => failed_writes += 1,
             }
         }
-        Ok(changed)
+        let next_start =
+            snapshot.deployments.iter().filter_map(|d| deploy::time_until(&d.start_date_time, &snapshot.now)).min();
+        Ok(Pass { changed, next_start, failed_writes })
     }
 
     async fn start_rollback(
@@ -184,14 +270,8 @@ impl DeviceUpdate {
         Ok(())
     }
 
-    /// The desired patch that tells `device` its assignment, deleting what the previous one
-    /// wrote that this one does not.
-    fn service_patch(
-        &self,
-        snapshot: &Snapshot,
-        assignment: &Assignment<'_>,
-        device: &DeviceView,
-    ) -> Result<Value, ServiceError> {
+    /// The desired `deviceUpdate.service` that tells a device its assignment.
+    fn service_value(&self, snapshot: &Snapshot, assignment: &Assignment<'_>) -> Result<Value, ServiceError> {
         let mut workflow = Workflow::new(assignment.action, assignment.subgroup.workflow_id.clone());
         if let Some(timestamp) = assignment.retry_timestamp {
             workflow = workflow.with_retry_timestamp(timestamp);
@@ -220,10 +300,18 @@ impl DeviceUpdate {
                 file_urls,
             )
         };
-        let service = serde_json::to_value(&service).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
-        let service = replacement(&device.desired_service, service);
-        Ok(component_patch(DEVICE_UPDATE_COMPONENT, [("service".to_owned(), service)]))
+        serde_json::to_value(&service).map_err(|e| ServiceError::Corrupt(e.to_string()))
     }
+}
+
+/// Writes `service` to a device's desired `deviceUpdate.service`, deleting what the previous
+/// assignment wrote that this one does not.
+async fn write_service(store: &crate::store::Store, device: &str, service: &Value) -> Result<(), ServiceError> {
+    let twin = store.twin(device).await?;
+    let old = twin.desired.get(DEVICE_UPDATE_COMPONENT).and_then(|d| d.get("service")).cloned().unwrap_or(Value::Null);
+    let patch = component_patch(DEVICE_UPDATE_COMPONENT, [("service".to_owned(), replacement(&old, service.clone()))]);
+    store.patch_desired(device, &patch, None).await?;
+    Ok(())
 }
 
 /// `new` with every member `old` has and `new` lacks set to `null`, recursively into objects

@@ -1,23 +1,42 @@
-//! The fleet read at one moment: devices with an agent (from twins), deployments and updates,
-//! and the questions every status answer asks of them (which deployment governs a subgroup,
-//! a device's state in it, the best update of a class).
+//! What status is computed from, read at one moment: device counts by group, class and what
+//! they report (from the per-device records, `GROUP BY`, never every twin), the records of
+//! rollback targets, deployments and updates; and the questions every status answer asks of
+//! them (which deployment governs a subgroup, a device's state in it, the best update of a
+//! class).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use duhub_proto::update_id::UpdateId;
 
 use super::deploy::{self, DeviceState};
-use super::fleet::{self, DeviceClass, DeviceView};
+use super::fleet::{self, DeviceClass};
 use super::model::{StoredDeployment, StoredUpdate, update_key};
 use super::{DEVICE_CLASS, DeviceUpdate, GROUP, SUBGROUP, ServiceError, subgroup_key};
 use crate::ids::now_rfc3339;
+use crate::store::{Facts, RecordRow};
+
+/// Devices of one group and class that report the same [`Facts`].
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    /// Group id.
+    pub group_id: String,
+    /// Device class.
+    pub class: DeviceClass,
+    /// What they report.
+    pub facts: Facts,
+    /// How many devices.
+    pub count: u64,
+}
 
 /// Everything status and compliance are computed from, read at one moment.
 pub struct Snapshot {
     /// RFC 3339 time of the snapshot.
     pub now: String,
-    /// Devices with an agent.
-    pub devices: Vec<DeviceView>,
+    /// Device counts by group, class and facts.
+    pub buckets: Vec<Bucket>,
+    /// The records of rollback deployments' target devices (their state differs from their
+    /// bucket's: they follow the rollback).
+    pub targets: Vec<RecordRow>,
     /// Deployments with their revisions.
     pub deployments: Vec<StoredDeployment>,
     /// Revisions, parallel to `deployments`.
@@ -27,21 +46,48 @@ pub struct Snapshot {
 }
 
 impl DeviceUpdate {
-    /// Reads the fleet, deployments and updates, and records groups, classes and subgroups
-    /// seen for the first time.
-    pub async fn snapshot(&self) -> Result<Snapshot, ServiceError> {
-        let devices = fleet::devices(&self.store.fleet().await?);
-        let (deployments, revisions) = self.deployments().await?.into_iter().unzip();
+    /// Reads device counts (of every group, or of `group`), deployments and updates, and records
+    /// groups, classes and subgroups seen for the first time.
+    pub async fn snapshot_of(&self, group: Option<&str>) -> Result<Snapshot, ServiceError> {
+        let mut classes: BTreeMap<String, DeviceClass> = BTreeMap::new();
+        let buckets = self
+            .store
+            .record_buckets(group, None)
+            .await?
+            .into_iter()
+            .map(|b| {
+                let class = classes.entry(b.class_id.clone()).or_insert_with(|| DeviceClass::from_body(&b.class_body));
+                Bucket { group_id: b.group_id, class: class.clone(), facts: b.facts, count: b.count }
+            })
+            .collect::<Vec<_>>();
+        let (deployments, revisions): (Vec<StoredDeployment>, Vec<i64>) = self.deployments().await?.into_iter().unzip();
+        let target_ids: BTreeSet<String> = deployments
+            .iter()
+            .filter(|d| group.is_none_or(|g| d.group_id == g))
+            .filter_map(|d| d.target_devices.as_ref())
+            .flatten()
+            .cloned()
+            .collect();
+        let targets = if target_ids.is_empty() {
+            Vec::new()
+        } else {
+            self.store.records_of(&target_ids.into_iter().collect::<Vec<_>>()).await?
+        };
         let updates = self.updates().await?;
-        let snapshot = Snapshot { now: now_rfc3339(), devices, deployments, revisions, updates };
-        let groups: BTreeSet<String> = snapshot.devices.iter().map(|d| d.group_id.clone()).collect();
-        let classes: BTreeSet<String> = snapshot.devices.iter().map(|d| d.class.id.clone()).collect();
+        let snapshot = Snapshot { now: now_rfc3339(), buckets, targets, deployments, revisions, updates };
+        let groups: BTreeSet<String> = snapshot.buckets.iter().map(|b| b.group_id.clone()).collect();
+        let classes: BTreeSet<String> = snapshot.buckets.iter().map(|b| b.class.id.clone()).collect();
         let subgroups: BTreeSet<String> =
-            snapshot.devices.iter().map(|d| subgroup_key(&d.group_id, &d.class.id)).collect();
+            snapshot.buckets.iter().map(|b| subgroup_key(&b.group_id, &b.class.id)).collect();
         self.store.ensure_entities(GROUP, &groups.into_iter().collect::<Vec<_>>()).await?;
         self.store.ensure_entities(DEVICE_CLASS, &classes.into_iter().collect::<Vec<_>>()).await?;
         self.store.ensure_entities(SUBGROUP, &subgroups.into_iter().collect::<Vec<_>>()).await?;
         Ok(snapshot)
+    }
+
+    /// [`Self::snapshot_of`] every group.
+    pub async fn snapshot(&self) -> Result<Snapshot, ServiceError> {
+        self.snapshot_of(None).await
     }
 }
 
@@ -52,18 +98,37 @@ impl Snapshot {
         self.updates.iter().find(|u| update_key(&u.update_id) == key)
     }
 
-    /// Device classes with their devices.
-    pub fn classes(&self) -> BTreeMap<String, (DeviceClass, Vec<&DeviceView>)> {
-        let mut classes: BTreeMap<String, (DeviceClass, Vec<&DeviceView>)> = BTreeMap::new();
-        for device in &self.devices {
-            classes.entry(device.class.id.clone()).or_insert_with(|| (device.class.clone(), Vec::new())).1.push(device);
+    /// Device classes with their device counts.
+    pub fn classes(&self) -> BTreeMap<String, (DeviceClass, u64)> {
+        let mut classes: BTreeMap<String, (DeviceClass, u64)> = BTreeMap::new();
+        for bucket in &self.buckets {
+            classes.entry(bucket.class.id.clone()).or_insert_with(|| (bucket.class.clone(), 0)).1 += bucket.count;
         }
         classes
     }
 
+    /// A device class by id, if devices report it.
+    pub fn class(&self, id: &str) -> Option<&DeviceClass> {
+        self.buckets.iter().find(|b| b.class.id == id).map(|b| &b.class)
+    }
+
+    /// Buckets of a group (and class).
+    pub fn buckets_of<'a>(&'a self, group: &'a str, class: Option<&'a str>) -> impl Iterator<Item = &'a Bucket> + 'a {
+        self.buckets.iter().filter(move |b| b.group_id == group && class.is_none_or(|c| b.class.id == c))
+    }
+
+    /// Rollback targets of a group (and class).
+    pub fn targets_of<'a>(
+        &'a self,
+        group: &'a str,
+        class: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a RecordRow> + 'a {
+        self.targets.iter().filter(move |t| t.group_id == group && class.is_none_or(|c| t.class_id == c))
+    }
+
     /// Devices of a group (all classes).
-    pub fn group_devices(&self, group: &str) -> Vec<&DeviceView> {
-        self.devices.iter().filter(|d| d.group_id == group).collect()
+    pub fn group_device_count(&self, group: &str) -> u64 {
+        self.buckets_of(group, None).map(|b| b.count).sum()
     }
 
     /// Updates that fit a class and may be deployed, newest version last.
@@ -80,24 +145,38 @@ impl Snapshot {
 
     /// The deployment governing a subgroup now.
     pub fn governing(&self, group: &str, class_id: &str) -> Option<&StoredDeployment> {
-        let class = self.devices.iter().find(|d| d.class.id == class_id).map(|d| &d.class);
+        let class = self.class(class_id);
         deploy::governing(&self.deployments, group, class_id, &self.now, |d| {
             class.is_some_and(|c| self.update(&d.update).is_some_and(|u| c.accepts(&u.compatibility)))
         })
     }
 
-    /// A device's state in the deployment governing its subgroup, if any.
-    pub fn device_deployment(&self, device: &DeviceView) -> Option<(&StoredDeployment, DeviceState)> {
-        let governing = self.governing(&device.group_id, &device.class.id)?;
-        let assignment = deploy::assignment(governing, &self.deployments, device)?;
-        Some((assignment.deployment, deploy::device_state(assignment.deployment, assignment.subgroup, device)))
+    /// The state of a device (of `group` and `class`, reporting `facts`) in the deployment
+    /// governing its subgroup, if any. `device_id` `None` counts it as a device that is no
+    /// rollback target.
+    pub fn device_deployment(
+        &self,
+        group: &str,
+        class: &str,
+        device_id: Option<&str>,
+        facts: &impl deploy::Reports,
+    ) -> Option<(&StoredDeployment, DeviceState)> {
+        let governing = self.governing(group, class)?;
+        let assignment = deploy::assignment(governing, &self.deployments, class, device_id)?;
+        Some((assignment.deployment, deploy::device_state(assignment.deployment, assignment.subgroup, facts)))
     }
 
-    /// Whether a device has the best update of its class (or there is none).
-    pub fn on_latest(&self, device: &DeviceView) -> bool {
-        match self.best_update(&device.class) {
+    /// Whether a device of `class` with `installed` has the best update of its class (or there
+    /// is none).
+    pub fn on_latest(&self, class: &DeviceClass, installed: Option<&UpdateId>) -> bool {
+        match self.best_update(class) {
             None => true,
-            Some(best) => device.installed.as_ref().is_some_and(|i| update_key(i) == update_key(&best.update_id)),
+            Some(best) => installed.is_some_and(|i| update_key(i) == update_key(&best.update_id)),
         }
+    }
+
+    /// The deployment whose workflow `workflow` is, if the service knows it.
+    pub fn deployment_of_workflow(&self, workflow: &str) -> Option<&StoredDeployment> {
+        self.deployments.iter().find(|d| d.subgroups.values().any(|s| s.workflow_id == workflow))
     }
 }

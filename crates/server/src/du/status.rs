@@ -1,4 +1,4 @@
-//! Status as typed results, computed from a [`Snapshot`]: update compliance of any set of
+//! Status as typed results, computed from a [`Snapshot`] (device counts from the records): update compliance of any set of
 //! devices, group summaries, the best update of a subgroup, the status of a deployment and of
 //! each of its subgroups, and the per-device states of a subgroup. The REST layer only maps
 //! these to JSON.
@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use super::Snapshot;
 use super::deploy::{self, Counts, DeviceState};
-use super::fleet::{DeviceClass, DeviceView};
+use super::fleet::DeviceClass;
 use super::model::{StoredDeployment, StoredUpdate};
+use crate::store::{Facts, RecordRow};
 
 /// Update compliance of some devices.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,8 +69,8 @@ pub struct DeploymentStatus {
 /// One device's state in a deployment's subgroup.
 #[derive(Debug, Clone)]
 pub struct DeviceDeploymentState<'a> {
-    /// The device.
-    pub device: &'a DeviceView,
+    /// The device's record.
+    pub device: &'a RecordRow,
     /// Its state in the deployment.
     pub state: DeviceState,
     /// Whether a later deployment governs it now.
@@ -78,52 +79,88 @@ pub struct DeviceDeploymentState<'a> {
     pub retry_count: u32,
 }
 
+/// Where a device stands in update compliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    OnLatest,
+    InProgress,
+    NewAvailable,
+}
+
+impl Compliance {
+    fn add(&mut self, standing: Standing, devices: u64) {
+        self.total += devices;
+        match standing {
+            Standing::OnLatest => self.on_latest += devices,
+            Standing::InProgress => self.updates_in_progress += devices,
+            Standing::NewAvailable => self.new_updates_available += devices,
+        }
+    }
+
+    fn remove(&mut self, standing: Standing) {
+        self.total = self.total.saturating_sub(1);
+        let counter = match standing {
+            Standing::OnLatest => &mut self.on_latest,
+            Standing::InProgress => &mut self.updates_in_progress,
+            Standing::NewAvailable => &mut self.new_updates_available,
+        };
+        *counter = counter.saturating_sub(1);
+    }
+}
+
 impl Snapshot {
-    /// Update compliance of `devices`.
-    pub fn compliance<'a>(&self, devices: impl IntoIterator<Item = &'a DeviceView>) -> Compliance {
+    fn standing(&self, group: &str, class: &DeviceClass, device_id: Option<&str>, facts: &Facts) -> Standing {
+        if self.on_latest(class, facts.installed().as_ref()) {
+            Standing::OnLatest
+        } else if matches!(
+            self.device_deployment(group, &class.id, device_id, facts),
+            Some((_, DeviceState::InProgress))
+        ) {
+            Standing::InProgress
+        } else {
+            Standing::NewAvailable
+        }
+    }
+
+    /// Update compliance of every device, of a group, or of one subgroup: the buckets counted
+    /// as a whole, then each rollback target moved to where its own assignment puts it.
+    pub fn compliance(&self, group: Option<&str>, class: Option<&str>) -> Compliance {
         let mut compliance = Compliance::default();
-        for device in devices {
-            compliance.total += 1;
-            if self.on_latest(device) {
-                compliance.on_latest += 1;
-            } else if matches!(self.device_deployment(device), Some((_, DeviceState::InProgress))) {
-                compliance.updates_in_progress += 1;
-            } else {
-                compliance.new_updates_available += 1;
+        let matches = |g: &str, c: &str| group.is_none_or(|x| x == g) && class.is_none_or(|x| x == c);
+        for bucket in self.buckets.iter().filter(|b| matches(&b.group_id, &b.class.id)) {
+            compliance.add(self.standing(&bucket.group_id, &bucket.class, None, &bucket.facts), bucket.count);
+        }
+        for target in self.targets.iter().filter(|t| matches(&t.group_id, &t.class_id)) {
+            let Some(class) = self.class(&target.class_id) else { continue };
+            let as_counted = self.standing(&target.group_id, class, None, &target.facts);
+            let own = self.standing(&target.group_id, class, Some(&target.device_id), &target.facts);
+            if own != as_counted {
+                compliance.remove(as_counted);
+                compliance.add(own, 1);
             }
         }
         compliance
     }
 
-    /// The devices of a group by device class (its subgroups that have devices).
-    pub fn subgroups_of(&self, group: &str) -> BTreeMap<String, (DeviceClass, Vec<&DeviceView>)> {
-        let mut classes: BTreeMap<String, (DeviceClass, Vec<&DeviceView>)> = BTreeMap::new();
-        for device in self.group_devices(group) {
-            classes.entry(device.class.id.clone()).or_insert_with(|| (device.class.clone(), Vec::new())).1.push(device);
+    /// The classes of a group that have devices, with their device counts.
+    pub fn subgroups_of(&self, group: &str) -> BTreeMap<String, (DeviceClass, u64)> {
+        let mut classes: BTreeMap<String, (DeviceClass, u64)> = BTreeMap::new();
+        for bucket in self.buckets_of(group, None) {
+            classes.entry(bucket.class.id.clone()).or_insert_with(|| (bucket.class.clone(), 0)).1 += bucket.count;
         }
         classes
     }
 
     /// Devices of one subgroup.
-    pub fn subgroup_device_count(&self, group: &str, class: &str) -> usize {
-        self.devices.iter().filter(|d| d.group_id == group && d.class.id == class).count()
-    }
-
-    /// Update compliance of one subgroup.
-    pub fn subgroup_compliance(&self, group: &str, class: &str) -> Compliance {
-        self.compliance(self.devices.iter().filter(|d| d.group_id == group && d.class.id == class))
+    pub fn subgroup_device_count(&self, group: &str, class: &str) -> u64 {
+        self.buckets_of(group, Some(class)).map(|b| b.count).sum()
     }
 
     /// A group's summary.
     pub fn group_summary(&self, group: &str) -> GroupSummary {
-        let devices = self.group_devices(group);
-        let mut classes: BTreeMap<&str, Vec<&DeviceView>> = BTreeMap::new();
-        for device in &devices {
-            classes.entry(device.class.id.as_str()).or_default().push(device);
-        }
         let (mut new_available, mut in_progress, mut on_latest) = (0, 0, 0);
-        for members in classes.values() {
-            let compliance = self.compliance(members.iter().copied());
+        for class in self.subgroups_of(group).keys() {
+            let compliance = self.compliance(Some(group), Some(class));
             if compliance.updates_in_progress > 0 {
                 in_progress += 1;
             } else if compliance.new_updates_available > 0 {
@@ -133,7 +170,7 @@ impl Snapshot {
             }
         }
         GroupSummary {
-            device_count: devices.len(),
+            device_count: usize::try_from(self.group_device_count(group)).unwrap_or(usize::MAX),
             subgroups_with_new_updates_available: new_available,
             subgroups_with_updates_in_progress: in_progress,
             subgroups_on_latest_update: on_latest,
@@ -146,11 +183,15 @@ impl Snapshot {
         }
     }
 
-    /// The best update for `members` (devices of one class), if any update fits the class.
-    pub fn best_update_for(&self, class: &DeviceClass, members: &[&DeviceView]) -> Option<BestUpdate<'_>> {
+    /// The best update for the devices of `class` in `group`, if any update fits the class.
+    pub fn best_update_for(&self, group: &str, class: &DeviceClass) -> Option<BestUpdate<'_>> {
         let update = self.best_update(class)?;
-        let outdated_devices = members.iter().filter(|d| !self.on_latest(d)).count();
-        Some(BestUpdate { update, outdated_devices })
+        let outdated: u64 = self
+            .buckets_of(group, Some(&class.id))
+            .filter(|b| !self.on_latest(class, b.facts.installed().as_ref()))
+            .map(|b| b.count)
+            .sum();
+        Some(BestUpdate { update, outdated_devices: usize::try_from(outdated).unwrap_or(usize::MAX) })
     }
 
     /// Deployments of a group, or of its subgroup of `class`.
@@ -166,19 +207,24 @@ impl Snapshot {
         self.deployments.iter().find(|d| d.group_id == group && d.deployment_id == id)
     }
 
-    /// The deployment whose workflow a device last reported, if the service knows it.
-    pub fn last_attempted_deployment(&self, device: &DeviceView) -> Option<&StoredDeployment> {
-        let workflow = device.reported_workflow()?;
-        self.deployments.iter().find(|d| d.subgroups.values().any(|s| s.workflow_id == workflow))
-    }
-
     /// The status of `deployment` in its subgroup of `class`; `None` if it has not reached it.
     pub fn subgroup_status(&self, deployment: &StoredDeployment, class: &str) -> Option<SubgroupStatus> {
         let subgroup = deployment.subgroups.get(class)?;
-        let states = deploy::subgroup_devices(deployment, class, &self.devices)
-            .into_iter()
-            .map(|d| deploy::device_state(deployment, subgroup, d));
-        let counts = Counts::of(states);
+        let mut counts = Counts::default();
+        match &deployment.target_devices {
+            Some(targets) => {
+                for target in self.targets_of(&deployment.group_id, Some(class)) {
+                    if targets.contains(&target.device_id) {
+                        counts.add(deploy::device_state(deployment, subgroup, &target.facts), 1);
+                    }
+                }
+            }
+            None => {
+                for bucket in self.buckets_of(&deployment.group_id, Some(class)) {
+                    counts.add(deploy::device_state(deployment, subgroup, &bucket.facts), bucket.count);
+                }
+            }
+        }
         let governs = if deployment.is_cloud_initiated_rollback {
             true
         } else {
@@ -201,17 +247,27 @@ impl Snapshot {
         DeploymentStatus { state: deploy::deployment_state(&states, started), subgroups }
     }
 
-    /// Each device's state in `deployment`'s subgroup of `class`; `None` if it has not reached it.
-    pub fn device_states(&self, deployment: &StoredDeployment, class: &str) -> Option<Vec<DeviceDeploymentState<'_>>> {
+    /// The state of each of `members` (records of the deployment's group and class `class`) in
+    /// `deployment`; `None` if it has not reached the class. Devices a rollback deployment does
+    /// not target are left out.
+    pub fn device_states<'a>(
+        &self,
+        deployment: &StoredDeployment,
+        class: &str,
+        members: &'a [RecordRow],
+    ) -> Option<Vec<DeviceDeploymentState<'a>>> {
         let subgroup = deployment.subgroups.get(class)?;
-        let states = deploy::subgroup_devices(deployment, class, &self.devices)
-            .into_iter()
+        let states = members
+            .iter()
+            .filter(|d| d.group_id == deployment.group_id && d.class_id == class)
+            .filter(|d| deployment.target_devices.as_ref().is_none_or(|t| t.contains(&d.device_id)))
             .map(|device| {
-                let state = deploy::device_state(deployment, subgroup, device);
-                let moved_on = match self.device_deployment(device) {
-                    Some((current, _)) => current.deployment_id != deployment.deployment_id,
-                    None => false,
-                };
+                let state = deploy::device_state(deployment, subgroup, &device.facts);
+                let moved_on =
+                    match self.device_deployment(&device.group_id, class, Some(&device.device_id), &device.facts) {
+                        Some((current, _)) => current.deployment_id != deployment.deployment_id,
+                        None => false,
+                    };
                 let retry_count =
                     if subgroup.retry_devices.contains(&device.device_id) { subgroup.retry_count } else { 0 };
                 DeviceDeploymentState { device, state, moved_on, retry_count }

@@ -357,6 +357,10 @@ fn failure(error: &StoreError) -> (u16, Option<u64>, Value) {
         StoreError::InvalidDocument(_) | StoreError::Invalid(_) => 400,
         StoreError::NotFound(_) => 404,
         StoreError::PreconditionFailed => 412,
+        // The store logs the cause once per episode; the device retries later.
+        error if error.is_unavailable() => {
+            return (503, None, json!({"errorCode": 503, "message": "the service is unavailable; try again later"}));
+        }
         _ => 500,
     };
     if status == 500 {

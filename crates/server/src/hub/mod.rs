@@ -25,8 +25,9 @@ use crate::store::{Event, Store};
 /// What the hub tells a live session.
 #[derive(Debug, Clone)]
 pub(crate) enum Command {
-    /// Deliver a desired patch (with `$version`).
-    Desired(Value),
+    /// Deliver a desired patch (with `$version`). Boxed: every session's channel allocates its
+    /// slots up front, so the command is kept two words small.
+    Desired(Box<Value>),
     /// Close the connection.
     Close(&'static str),
 }
@@ -163,7 +164,7 @@ impl Hub {
                 };
                 match patch {
                     Some(patch) => {
-                        let _ = sender.try_send(Command::Desired(patch));
+                        let _ = sender.try_send(Command::Desired(Box::new(patch)));
                     }
                     // The patch is gone: make the device reconnect, which makes it GET the twin.
                     None => {

@@ -21,6 +21,8 @@ pub enum ApiError {
     Conflict(String),
     /// 412: `If-Match` did not match.
     PreconditionFailed,
+    /// 503: the database refuses writes for now (a full disk); the store logged the cause.
+    Unavailable,
     /// 500: logged, not detailed to the client.
     Internal(String),
 }
@@ -33,6 +35,7 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed => Self::PreconditionFailed,
             StoreError::InvalidDocument(e) => Self::BadRequest(e.to_string()),
             StoreError::Invalid(why) => Self::BadRequest(why),
+            other if other.is_unavailable() => Self::Unavailable,
             other => Self::Internal(other.to_string()),
         }
     }
@@ -48,6 +51,11 @@ impl IntoResponse for ApiError {
             Self::PreconditionFailed => {
                 (StatusCode::PRECONDITION_FAILED, "PreconditionFailed", "the etag does not match".to_owned())
             }
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the service is unavailable; try again later".to_owned(),
+            ),
             Self::Internal(m) => {
                 tracing::error!(error = %m, "REST request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "ServerError", "internal error".to_owned())

@@ -114,7 +114,7 @@ impl Store {
     }
 }
 
-fn token_hash(token: &str) -> String {
+pub(super) fn token_hash(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }

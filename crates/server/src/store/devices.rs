@@ -185,6 +185,7 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM desired_patches WHERE device_id = $1").bind(device_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM du_device WHERE device_id = $1").bind(device_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE device_id = $1").bind(device_id).execute(&mut *tx).await?;
         tx.commit().await?;
         self.publish(Event::DeviceRevoked { device_id: device_id.to_owned() }).await

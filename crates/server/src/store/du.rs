@@ -42,23 +42,32 @@ fn parse_json(text: &str) -> Result<serde_json::Value, StoreError> {
 impl Store {
     // ----- fleet -------------------------------------------------------------------------------
 
-    /// Every device twin, ordered by device id: what groups, device classes and deployment
-    /// status are computed from.
-    pub async fn fleet(&self) -> Result<Vec<FleetRow>, StoreError> {
-        let rows = sqlx::query("SELECT device_id, tags, desired, reported, model_id FROM devices ORDER BY device_id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(FleetRow {
+    /// The twins of these devices (those that exist), ordered by device id: for the one page
+    /// of a device list whose details (last install result) only the twin holds.
+    pub async fn fleet_of(&self, device_ids: &[String]) -> Result<Vec<FleetRow>, StoreError> {
+        let mut out = Vec::with_capacity(device_ids.len());
+        for chunk in device_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT device_id, tags, desired, reported, model_id FROM devices WHERE device_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(FleetRow {
                     device_id: row.try_get("device_id")?,
                     tags: parse_json(&row.try_get::<String, _>("tags")?)?,
                     desired: parse_json(&row.try_get::<String, _>("desired")?)?,
                     reported: parse_json(&row.try_get::<String, _>("reported")?)?,
                     model_id: row.try_get("model_id")?,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        Ok(out)
     }
 
     // ----- updates -----------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 //! `store` is the only module that knows SQL: `devices` (identities, connection state),
 //! `twins` (documents and their changes), `writer` (the durable write path), `events` (the
 //! event bus across nodes), `access` (shared access policies and API tokens), `du` (Device
-//! Update records) and `schema` (the tables and their upgrades).
+//! Update records), `sessions` (the dashboard's sign-in sessions and device search) and `schema`
+//! (the tables and their upgrades).
 
 mod access;
 mod devices;
@@ -18,7 +19,9 @@ mod du;
 mod events;
 mod nodes;
 mod query;
+mod record;
 mod schema;
+mod sessions;
 mod twins;
 mod uploads;
 mod writer;
@@ -28,6 +31,10 @@ pub use devices::{Device, DeviceSpec, DeviceStatus, MqttSession, validate_device
 pub use du::{FleetRow, Revisioned};
 pub use events::Event;
 pub use query::{QueriedTwin, TwinFilter};
+pub use record::{
+    DEFAULT_GROUP, DuRecord, Facts, GROUP_TAG, RecordBucket, RecordFilter, RecordRow, class_body, class_id,
+};
+pub use sessions::{DeviceListing, UiSession};
 pub use twins::{Twin, etag_of};
 
 use std::sync::Arc;
@@ -38,7 +45,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use tokio::sync::{broadcast, mpsc};
 
-use self::writer::{Write, WriteReply, run_writer};
+use self::writer::{Job, start_lanes};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +85,33 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the failure is the database's condition rather than the request's (a full disk,
+    /// an I/O error, a database that cannot be reached): clients are told to try again later
+    /// (503), and the cause is in the server's log.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(sqlx::Error::Database(error)) => {
+                let code = error.code();
+                let code = code.as_deref().unwrap_or_default();
+                match code.parse::<i64>() {
+                    // SQLite primary result codes: SQLITE_IOERR, SQLITE_FULL (extended codes keep
+                    // the primary one in their low byte).
+                    Ok(sqlite) => matches!(sqlite & 0xff, 10 | 13),
+                    // PostgreSQL classes: insufficient resources (disk full, out of memory),
+                    // connection exceptions, and the server shutting down.
+                    Err(_) => code.starts_with("53") || code.starts_with("08") || code.starts_with("57P"),
+                }
+            }
+            Self::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed,
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The store: a pool and the event bus.
 #[derive(Clone)]
 pub struct Store {
@@ -85,8 +119,10 @@ pub struct Store {
     backend: Backend,
     events: broadcast::Sender<Event>,
     node_id: Arc<str>,
-    /// SQLite: the single writer of twins, connection states and sessions.
-    writer: Option<mpsc::Sender<(Write, WriteReply)>>,
+    /// The writer lanes of twins, connection states and sessions (see [`writer`]).
+    writer: Arc<[mpsc::Sender<Job>]>,
+    /// Notified when a committed write changed a Device Update record.
+    records_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -120,20 +156,16 @@ impl Store {
             }
             Backend::Postgres => {
                 probe(url, "SELECT 1").await?;
-                options.max_connections(16).connect(url).await?
+                options.max_connections(16 + writer::POSTGRES_LANES as u32).connect(url).await?
             }
         };
         let (events, _) = broadcast::channel(4096);
         schema::migrate(&pool, backend).await?;
-        let writer = match backend {
-            Backend::Sqlite => {
-                let (sender, receiver) = mpsc::channel(4096);
-                tokio::spawn(run_writer(pool.acquire().await?, receiver));
-                Some(sender)
-            }
-            Backend::Postgres => None,
-        };
-        let store = Self { pool, backend, events, node_id: node_id.into(), writer };
+        let node_id: Arc<str> = node_id.into();
+        let writer = start_lanes(&pool, backend, &node_id);
+        let store =
+            Self { pool, backend, events, node_id, writer, records_changed: Arc::new(tokio::sync::Notify::new()) };
+        store.backfill_records().await?;
         if backend == Backend::Postgres {
             store.listen(url).await?;
         }

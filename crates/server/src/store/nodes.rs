@@ -60,11 +60,22 @@ impl Store {
         } else {
             sqlx::query("DELETE FROM nodes WHERE node_id = $1").bind(node_id).execute(&mut *tx).await?;
         }
+        let now = now_rfc3339();
+        // The Device Update records of those devices first (they are found by connected_node,
+        // which the next statement clears), in the same transaction.
+        sqlx::query(
+            "UPDATE du_device SET connection_state = 'Disconnected', connection_time = $1 \
+             WHERE device_id IN (SELECT device_id FROM devices WHERE connected_node = $2)",
+        )
+        .bind(&now)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
         let released = sqlx::query(
             "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated = $1, \
              connected_node = NULL WHERE connected_node = $2",
         )
-        .bind(now_rfc3339())
+        .bind(&now)
         .bind(node_id)
         .execute(&mut *tx)
         .await?;

@@ -75,6 +75,38 @@ const STEPS: &[&str] = &[
         created_at TEXT NOT NULL,
         PRIMARY KEY (kind, entity_key)
     );",
+    "CREATE TABLE du_device (
+        device_id TEXT PRIMARY KEY,
+        group_id TEXT NOT NULL,
+        class_id TEXT NOT NULL,
+        class_body TEXT NOT NULL,
+        agent_state BIGINT,
+        workflow_id TEXT,
+        workflow_action BIGINT,
+        result_code BIGINT,
+        extended_result_code BIGINT,
+        installed_update TEXT,
+        desired_workflow_id TEXT,
+        desired_action BIGINT,
+        desired_retry TEXT,
+        connection_state TEXT NOT NULL,
+        connection_time TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX du_device_subgroup ON du_device (group_id, class_id, device_id);
+    CREATE INDEX du_device_status ON du_device
+        (group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update);
+    CREATE INDEX du_device_workflow ON du_device (workflow_id, device_id);
+    CREATE TABLE du_record_backfill (pending BIGINT NOT NULL);
+    INSERT INTO du_record_backfill (pending) VALUES (1);",
+    "CREATE TABLE ui_sessions (
+        session_sha256 TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        csrf_token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX ui_sessions_token ON ui_sessions (token_sha256);",
     // Issue 11: uploads no import has claimed yet (they expire), and which node holds each
     // device's session under a lease that other nodes see expire.
     "CREATE TABLE du_uploads (

@@ -1,5 +1,5 @@
 //! Device twins: reads, the four kinds of change (desired, reported, tags, replace) as
-//! [`TwinEdit`]s applied optimistically inside the writer's transaction, and the recorded
+//! [`TwinEdit`]s applied inside the writer's transaction, and the recorded
 //! desired patches other nodes deliver.
 
 use base64::Engine as _;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::devices::DeviceStatus;
 use super::events::NOTIFY_CHANNEL;
-use super::writer::{ChangeError, Write, Written};
+use super::writer::{ChangeError, Twins, Write, Written};
 use super::{Event, Store, StoreError};
 use crate::ids::now_rfc3339;
 
@@ -128,7 +128,12 @@ impl Store {
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
         let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
         match self.write(Write::Twin(request)).await? {
-            Written::Twin(twin) => Ok(*twin),
+            Written::Twin(twin, record_changed) => {
+                if record_changed {
+                    self.records_changed.notify_one();
+                }
+                Ok(*twin)
+            }
             Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
         }
     }
@@ -198,26 +203,38 @@ pub(super) struct TwinChange {
     pub(super) edit: TwinEdit,
 }
 
-const TWIN_SELECT: &str = "SELECT device_id, tags, desired, desired_version, reported, reported_version, \
-     twin_version, model_id, status, connection_state FROM devices WHERE device_id = $1";
+/// The twin columns, in the order [`twin_from_row`] reads them.
+macro_rules! twin_columns {
+    () => {
+        "device_id, tags, desired, desired_version, reported, reported_version, twin_version, model_id, status, \
+         connection_state"
+    };
+}
 
-/// Reads, changes and writes one twin inside `tx`; the caller commits. With `notify_node` set
-/// (PostgreSQL), other nodes are notified in the same transaction.
+/// The twin columns, for the writer's multi-row reads.
+pub(super) const TWIN_COLUMNS: &str = twin_columns!();
+
+const TWIN_SELECT: &str = concat!("SELECT ", twin_columns!(), " FROM devices WHERE device_id = $1");
+
+/// Applies one twin change to the batch's twins (read by the writer at the start of its
+/// transaction, written back by it before the commit) and records what must go with it inside
+/// `tx`: the Device Update record (the bool returned says whether it changed), the desired patch for other nodes and, with `notify_node` set (PostgreSQL), the
+/// notification. The caller commits. A change that is refused leaves the twin as it was.
 pub(super) async fn apply_change(
     tx: &mut sqlx::AnyConnection,
+    twins: &mut Twins,
     request: &TwinChange,
     notify_node: Option<Arc<str>>,
-) -> Result<(Twin, Option<Event>), ChangeError> {
+) -> Result<(Twin, Option<Event>, bool), ChangeError> {
     let device_id = request.device_id.as_str();
-    let row = sqlx::query(TWIN_SELECT).bind(device_id).fetch_optional(&mut *tx).await?;
-    let mut twin =
-        row.map(|r| twin_from_row(&r)).transpose()?.ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
+    let current = twins.get_mut(device_id).ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
     if let Some(etag) = request.if_match.as_deref().filter(|e| *e != "*")
-        && etag != twin.etag()
+        && etag != current.etag()
     {
         return Err(ChangeError::Store(StoreError::PreconditionFailed));
     }
-    let read_version = twin.version;
+    let mut twin = current.clone();
+    let before = current.clone();
     let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
     twin.version += 1;
     if desired_patch.is_some() {
@@ -226,24 +243,9 @@ pub(super) async fn apply_change(
     if reported {
         twin.reported_version += 1;
     }
-    let updated = sqlx::query(
-        "UPDATE devices SET tags = $1, desired = $2, desired_version = $3, reported = $4, \
-         reported_version = $5, twin_version = $6 WHERE device_id = $7 AND twin_version = $8",
-    )
-    .bind(Value::Object(twin.tags.clone()).to_string())
-    .bind(Value::Object(twin.desired.clone()).to_string())
-    .bind(twin.desired_version)
-    .bind(Value::Object(twin.reported.clone()).to_string())
-    .bind(twin.reported_version)
-    .bind(twin.version)
-    .bind(device_id)
-    .bind(read_version)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Err(ChangeError::Conflict);
-    }
-    let Some(mut patch) = desired_patch else { return Ok((twin, None)) };
+    current.clone_from(&twin);
+    let record_changed = super::record::apply_record(tx, Some(&before), &twin).await?;
+    let Some(mut patch) = desired_patch else { return Ok((twin, None, record_changed)) };
     patch.insert("$version".into(), twin.desired_version.into());
     let patch = Value::Object(patch);
     sqlx::query("INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES ($1, $2, $3, $4)")
@@ -268,7 +270,7 @@ pub(super) async fn apply_change(
     }
     let event =
         Event::DesiredChanged { device_id: device_id.to_owned(), version: twin.desired_version, patch: Some(patch) };
-    Ok((twin, Some(event)))
+    Ok((twin, Some(event), record_changed))
 }
 
 fn strip_version(patch: &Value) -> Map<String, Value> {

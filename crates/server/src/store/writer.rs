@@ -1,54 +1,85 @@
-//! The durable write path of twins, connection states and sessions. On SQLite one writer task
-//! batches concurrent writes into one `BEGIN IMMEDIATE` transaction (one fsync for many
-//! devices) and answers each after the commit; on PostgreSQL each write is its own
-//! transaction, retried when a twin changed concurrently.
+//! The durable write path of twins, connection states and sessions.
+//!
+//! Writes go to **lanes**: writer tasks that each own one database connection. A device's writes
+//! always take the same lane (chosen by a hash of its id), so they are applied in the order they
+//! were made. A lane takes every pending write (up to a batch), applies them in **one
+//! transaction** and answers each after the commit: one fsync (SQLite) or one commit round trip
+//! (PostgreSQL) for many devices, and the twins of a batch are read in one query and written back
+//! in multi-row statements. SQLite has one lane (one writer at a time is all it allows);
+//! PostgreSQL has [`POSTGRES_LANES`].
+//!
+//! A batch that fails is rolled back and retried on a fresh connection; while the database keeps
+//! refusing (a full disk, a lost server) every write is answered with
+//! [`StoreError::Unavailable`], the cause is logged once per episode, and the lane recovers by
+//! itself as soon as a batch commits again.
 
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::devices::MqttSession;
-use super::twins::{Twin, TwinChange, apply_change};
+use super::twins::{TWIN_COLUMNS, Twin, TwinChange, apply_change, twin_from_row};
 use super::{Backend, Event, Store, StoreError};
 use crate::ids::now_rfc3339;
 
-impl Store {
-    /// Performs a write durably. On SQLite the single writer task batches concurrent writes into
-    /// one transaction (one fsync for many devices); on PostgreSQL each write is its own
-    /// transaction, retried when a twin changed concurrently.
-    pub(super) async fn write(&self, job: Write) -> Result<Written, StoreError> {
-        if let Some(writer) = &self.writer {
-            let (reply, answer) = oneshot::channel();
-            let closed = || StoreError::Invalid("the store is shutting down".into());
-            writer.send((job, reply)).await.map_err(|_| closed())?;
-            let (written, event) = answer.await.map_err(|_| closed())??;
-            if let Some(event) = event {
-                let _ = self.events.send(event);
-            }
-            return Ok(written);
-        }
-        for _attempt in 0..20 {
-            let mut tx = self.pool.begin().await?;
-            match apply_write(&mut tx, &job, self.notify_payload()).await {
-                Ok((written, event)) => {
-                    tx.commit().await?;
-                    if let Some(event) = event {
-                        let _ = self.events.send(event);
-                    }
-                    return Ok(written);
-                }
-                Err(ChangeError::Conflict) => tx.rollback().await?,
-                Err(ChangeError::Store(error)) => return Err(error),
-            }
-        }
-        Err(StoreError::Invalid("the twin is changing too fast; try again".into()))
-    }
+/// Writer lanes on PostgreSQL: batches in flight at once, each on its own connection.
+pub(super) const POSTGRES_LANES: usize = 4;
 
-    /// How `NOTIFY` payloads are stamped with this node (PostgreSQL only).
-    pub(super) fn notify_payload(&self) -> Option<Arc<str>> {
-        (self.backend == Backend::Postgres).then(|| self.node_id.clone())
+/// Most writes one transaction takes.
+const BATCH: usize = 512;
+
+/// Rows per multi-row statement (the twins read and written back).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Attempts at one batch before its writes are answered with an error.
+const ATTEMPTS: u32 = 4;
+
+impl Store {
+    /// Performs a write durably: hands it to its device's lane and waits for the commit.
+    pub(super) async fn write(&self, job: Write) -> Result<Written, StoreError> {
+        let lane = &self.writer[lane_of(job.device_id(), self.writer.len())];
+        let (reply, answer) = oneshot::channel();
+        let closed = || StoreError::Invalid("the store is shutting down".into());
+        lane.send((job, reply)).await.map_err(|_| closed())?;
+        let (written, event) = answer.await.map_err(|_| closed())??;
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
+        Ok(written)
     }
+}
+
+/// Starts the lanes of a store; returns their inboxes.
+pub(super) fn start_lanes(pool: &AnyPool, backend: Backend, node_id: &Arc<str>) -> Arc<[mpsc::Sender<Job>]> {
+    let lanes = match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => POSTGRES_LANES,
+    };
+    let notify = (backend == Backend::Postgres).then(|| node_id.clone());
+    (0..lanes)
+        .map(|index| {
+            let (sender, receiver) = mpsc::channel(4096);
+            let lane =
+                Lane { index, pool: pool.clone(), backend, notify: notify.clone(), connection: None, failing: 0 };
+            tokio::spawn(lane.run(receiver));
+            sender
+        })
+        .collect()
+}
+
+/// The lane of a device: the same for every write of it, spread evenly over the lanes.
+fn lane_of(device_id: &str, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    device_id.hash(&mut hasher);
+    usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
 }
 
 /// One durable write.
@@ -68,17 +99,31 @@ pub(super) enum Write {
     },
 }
 
+impl Write {
+    fn device_id(&self) -> &str {
+        match self {
+            Self::Twin(change) => &change.device_id,
+            Self::Connection { device_id, .. } | Self::Session { device_id, .. } => device_id,
+        }
+    }
+}
+
 /// What a write produced.
 #[derive(Debug)]
 pub(super) enum Written {
-    Twin(Box<Twin>),
+    /// The new twin, and whether its Device Update record changed.
+    Twin(Box<Twin>, bool),
     Done,
 }
 
-pub(super) type WriteReply = oneshot::Sender<Result<(Written, Option<Event>), StoreError>>;
+/// The answer to one write: what it wrote and the event to publish, sent after the commit.
+pub(super) type Outcome = Result<(Written, Option<Event>), StoreError>;
+pub(super) type WriteReply = oneshot::Sender<Outcome>;
+pub(super) type Job = (Write, WriteReply);
 
 pub(super) enum ChangeError {
-    /// Another writer changed the twin since it was read (PostgreSQL); retry.
+    /// Another writer changed the twin since it was read (another node on PostgreSQL); the
+    /// batch is retried.
     Conflict,
     Store(StoreError),
 }
@@ -89,43 +134,296 @@ impl<E: Into<StoreError>> From<E> for ChangeError {
     }
 }
 
-/// Performs one write inside `tx`; the caller commits.
-async fn apply_write(
-    tx: &mut sqlx::AnyConnection,
-    job: &Write,
-    notify_node: Option<Arc<str>>,
-) -> Result<(Written, Option<Event>), ChangeError> {
-    match job {
-        Write::Twin(request) => {
-            let (twin, event) = apply_change(tx, request, notify_node).await?;
-            Ok((Written::Twin(Box::new(twin)), event))
-        }
-        Write::Connection { device_id, connected, model_id, session, node } => {
-            let now = now_rfc3339();
-            let state = if *connected { "Connected" } else { "Disconnected" };
-            // `connected_node`: the node holding the session, under its lease (store::nodes).
-            sqlx::query(
-                "UPDATE devices SET connection_state = $1, connection_state_updated = $2, last_activity = $2, \
-                 model_id = CASE WHEN $3 THEN $4 ELSE model_id END, connected_node = $6 WHERE device_id = $5",
-            )
-            .bind(state)
-            .bind(&now)
-            .bind(*connected)
-            .bind(model_id.as_deref())
-            .bind(device_id)
-            .bind(connected.then_some(&**node))
-            .execute(&mut *tx)
-            .await?;
-            if let Some(session) = session {
-                store_session(tx, device_id, *session).await?;
+/// The twins a batch works on: read once at the start, changed in memory by each write in
+/// order, written back once at the end.
+#[derive(Default)]
+pub(super) struct Twins {
+    loaded: HashMap<String, Loaded>,
+}
+
+struct Loaded {
+    twin: Twin,
+    /// The twin version in the database when the batch read it.
+    read_version: i64,
+}
+
+impl Twins {
+    /// The current state of a device's twin in this batch, `None` if the device does not exist.
+    pub(super) fn get_mut(&mut self, device_id: &str) -> Option<&mut Twin> {
+        self.loaded.get_mut(device_id).map(|l| &mut l.twin)
+    }
+
+    fn changed(&self) -> impl Iterator<Item = &Loaded> {
+        self.loaded.values().filter(|l| l.twin.version != l.read_version)
+    }
+}
+
+/// A writer task and its connection.
+struct Lane {
+    index: usize,
+    pool: AnyPool,
+    backend: Backend,
+    notify: Option<Arc<str>>,
+    connection: Option<PoolConnection<sqlx::Any>>,
+    /// Batches that failed in a row: the cause is logged at the first, the recovery at the end.
+    failing: u64,
+}
+
+impl Lane {
+    async fn run(mut self, mut requests: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while requests.recv_many(&mut batch, BATCH).await > 0 {
+            let outcomes = match self.commit_with_retries(&batch, ATTEMPTS).await {
+                Ok(outcomes) => outcomes,
+                // Not the database's condition but maybe one write it refuses: the others of the
+                // batch must not fail with it, so each is tried alone.
+                Err(error) if batch.len() > 1 && !error.is_unavailable() => {
+                    tracing::debug!(lane = self.index, %error, "a batch failed; writing its writes one by one");
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for single in batch.chunks(1) {
+                        match self.commit_with_retries(single, 2).await {
+                            Ok(outcome) => outcomes.extend(outcome),
+                            Err(error) => outcomes.push(Err(self.failed(&error))),
+                        }
+                    }
+                    outcomes
+                }
+                Err(error) => {
+                    let refused = self.failed(&error);
+                    batch.iter().map(|_| Err(StoreError::Unavailable(refused.to_string()))).collect()
+                }
+            };
+            for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                let _ = reply.send(outcome);
             }
-            Ok((Written::Done, None))
-        }
-        Write::Session { device_id, session } => {
-            store_session(tx, device_id, *session).await?;
-            Ok((Written::Done, None))
         }
     }
+
+    /// Counts a batch that could not be committed (logging the cause at the first of an episode);
+    /// returns what its writes are answered.
+    fn failed(&mut self, error: &StoreError) -> StoreError {
+        if self.failing == 0 {
+            tracing::error!(
+                lane = self.index,
+                %error,
+                "database writes fail; devices and the API are told 503 until they work again"
+            );
+        } else {
+            tracing::debug!(lane = self.index, %error, "database writes still fail");
+        }
+        self.failing += 1;
+        StoreError::Unavailable(format!("the database refuses writes: {}", cause(error)))
+    }
+
+    /// Commits `batch` in one transaction, retrying on a fresh connection after a failure.
+    async fn commit_with_retries(&mut self, batch: &[Job], attempts: u32) -> Result<Vec<Outcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.commit(batch).await {
+                Ok(outcomes) => {
+                    if self.failing > 0 {
+                        tracing::warn!(lane = self.index, failed_batches = self.failing, "database writes work again");
+                        self.failing = 0;
+                    }
+                    return Ok(outcomes);
+                }
+                Err(error) => error,
+            };
+            // Whatever state the failed transaction left the connection in (a commit that failed
+            // half-way leaves sqlx's transaction depth behind), it is not used again.
+            if let Some(connection) = self.connection.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), connection.close()).await;
+            }
+            if attempt >= attempts {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    async fn commit(&mut self, batch: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+        use sqlx::Connection as _;
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            none => none.insert(self.pool.acquire().await?),
+        };
+        // SQLite: IMMEDIATE takes the write lock now, so a concurrent writer cannot make a later
+        // read-to-write upgrade fail with SQLITE_BUSY (which busy_timeout does not retry).
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        let mut tx = connection.begin_with(begin).await?;
+        match apply_batch(&mut tx, self.backend, self.notify.as_ref(), batch).await {
+            Ok(outcomes) => {
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(match error {
+                    ChangeError::Conflict => StoreError::Invalid("a twin changed concurrently".into()),
+                    ChangeError::Store(error) => error,
+                })
+            }
+        }
+    }
+}
+
+/// The database's own words for a failure ("database or disk is full"), without sqlx's prefix.
+fn cause(error: &StoreError) -> String {
+    match error {
+        StoreError::Database(sqlx::Error::Database(error)) => error.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Applies every write of a batch inside `tx`, in order; the caller commits. A write that is
+/// refused (no such device, a precondition, an invalid patch) gets its own error and changes
+/// nothing; a database failure fails the batch.
+async fn apply_batch(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    notify: Option<&Arc<str>>,
+    batch: &[Job],
+) -> Result<Vec<Outcome>, ChangeError> {
+    let mut ids: Vec<&str> = batch
+        .iter()
+        .filter_map(|(job, _)| match job {
+            Write::Twin(change) => Some(change.device_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut twins = load_twins(tx, backend, &ids).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (job, _) in batch {
+        outcomes.push(match job {
+            Write::Twin(change) => match apply_change(tx, &mut twins, change, notify.cloned()).await {
+                Ok((twin, event, record_changed)) => Ok((Written::Twin(Box::new(twin), record_changed), event)),
+                Err(ChangeError::Store(StoreError::Database(error))) => return Err(StoreError::Database(error).into()),
+                Err(ChangeError::Store(error)) => Err(error),
+                Err(ChangeError::Conflict) => return Err(ChangeError::Conflict),
+            },
+            Write::Connection { device_id, connected, model_id, session, node } => {
+                let now = now_rfc3339();
+                let state = if *connected { "Connected" } else { "Disconnected" };
+                // `connected_node`: the node holding the session, under its lease (store::nodes).
+                sqlx::query(
+                    "UPDATE devices SET connection_state = $1, connection_state_updated = $2, last_activity = $2, \
+                     model_id = CASE WHEN $3 THEN $4 ELSE model_id END, connected_node = $6 WHERE device_id = $5",
+                )
+                .bind(state)
+                .bind(&now)
+                .bind(*connected)
+                .bind(model_id.as_deref())
+                .bind(device_id)
+                .bind(connected.then_some(&**node))
+                .execute(&mut *tx)
+                .await?;
+                super::record::apply_connection(tx, device_id, state, &now).await?;
+                if let Some(twin) = twins.get_mut(device_id) {
+                    twin.connection_state = state.to_owned();
+                    if *connected {
+                        twin.model_id.clone_from(model_id);
+                    }
+                }
+                if let Some(session) = session {
+                    store_session(tx, device_id, *session).await?;
+                }
+                Ok((Written::Done, None))
+            }
+            Write::Session { device_id, session } => {
+                store_session(tx, device_id, *session).await?;
+                Ok((Written::Done, None))
+            }
+        });
+    }
+    store_twins(tx, &twins).await?;
+    Ok(outcomes)
+}
+
+/// Reads the twins of `ids` (sorted) in multi-row queries. On PostgreSQL the rows are locked
+/// in device id order until the commit, so nodes writing the same twins queue instead of
+/// conflicting (and cannot deadlock over them).
+async fn load_twins(tx: &mut sqlx::AnyConnection, backend: Backend, ids: &[&str]) -> Result<Twins, StoreError> {
+    let mut twins = Twins::default();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let placeholders = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let lock = match backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        };
+        let sql =
+            format!("SELECT {TWIN_COLUMNS} FROM devices WHERE device_id IN ({placeholders}) ORDER BY device_id{lock}");
+        // Only numbered placeholders are formatted into the text; the ids are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            let twin = twin_from_row(&row)?;
+            let read_version = twin.version;
+            twins.loaded.insert(twin.device_id.clone(), Loaded { twin, read_version });
+        }
+    }
+    Ok(twins)
+}
+
+/// Writes the changed twins back in multi-row statements, each row only if the twin is still
+/// at the version the batch read.
+async fn store_twins(tx: &mut sqlx::AnyConnection, twins: &Twins) -> Result<(), ChangeError> {
+    let changed: Vec<&Loaded> = twins.changed().collect();
+    for chunk in changed.chunks(ROWS_PER_STATEMENT) {
+        let rows = (0..chunk.len())
+            .map(|i| {
+                let p = i * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH v (id, tags, desired, desired_version, reported, reported_version, twin_version, read_version) \
+             AS (VALUES {rows}) \
+             UPDATE devices SET tags = v.tags, desired = v.desired, desired_version = v.desired_version, \
+             reported = v.reported, reported_version = v.reported_version, twin_version = v.twin_version \
+             FROM v WHERE devices.device_id = v.id AND devices.twin_version = v.read_version RETURNING device_id"
+        );
+        // Only numbered placeholders are formatted into the text; the values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for loaded in chunk {
+            let twin = &loaded.twin;
+            query = query
+                .bind(twin.device_id.as_str())
+                .bind(json_text(&twin.tags)?)
+                .bind(json_text(&twin.desired)?)
+                .bind(twin.desired_version)
+                .bind(json_text(&twin.reported)?)
+                .bind(twin.reported_version)
+                .bind(twin.version)
+                .bind(loaded.read_version);
+        }
+        if query.fetch_all(&mut *tx).await?.len() != chunk.len() {
+            return Err(ChangeError::Conflict);
+        }
+    }
+    Ok(())
+}
+
+fn json_text(section: &serde_json::Map<String, serde_json::Value>) -> Result<String, StoreError> {
+    serde_json::to_string(section).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 async fn store_session(
@@ -143,57 +441,85 @@ async fn store_session(
     Ok(())
 }
 
-/// The SQLite writer: takes every pending change (up to a batch), applies them in one
-/// transaction and answers each after the commit.
-pub(super) async fn run_writer(
-    mut connection: sqlx::pool::PoolConnection<sqlx::Any>,
-    mut requests: mpsc::Receiver<(Write, WriteReply)>,
-) {
-    const BATCH: usize = 256;
-    let mut batch = Vec::with_capacity(BATCH);
-    while requests.recv_many(&mut batch, BATCH).await > 0 {
-        let mut outcome = write_batch(&mut connection, &batch).await;
-        for retry in 1..=3 {
-            if outcome.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50 * retry)).await;
-            outcome = write_batch(&mut connection, &batch).await;
-        }
-        match outcome {
-            Ok(results) => {
-                for ((_, reply), result) in batch.drain(..).zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "writing a batch failed");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Unavailable(format!("the database write failed: {error}"))));
-                }
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
 
-async fn write_batch(
-    connection: &mut sqlx::AnyConnection,
-    batch: &[(Write, WriteReply)],
-) -> Result<Vec<Result<(Written, Option<Event>), StoreError>>, StoreError> {
-    use sqlx::Connection as _;
-    // IMMEDIATE: take the write lock now, so a concurrent writer cannot make a later read-to-write
-    // upgrade fail with SQLITE_BUSY (which busy_timeout does not retry).
-    let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for (job, _) in batch {
-        results.push(match apply_write(&mut tx, job, None).await {
-            Ok(done) => Ok(done),
-            // One writer: a conflict means someone wrote around it (e.g. by hand); report it.
-            Err(ChangeError::Conflict) => Err(StoreError::Invalid("the twin changed concurrently; try again".into())),
-            Err(ChangeError::Store(StoreError::Database(error))) => return Err(StoreError::Database(error)),
-            Err(ChangeError::Store(error)) => Err(error),
-        });
+    use serde_json::json;
+
+    use super::super::{DeviceSpec, DeviceStatus, Store, StoreError};
+
+    async fn store_with_device(dir: &std::path::Path) -> Store {
+        let url = format!("sqlite://{}", dir.join("duhub.db").display());
+        let store = Store::open(&url, "node").await.unwrap();
+        let spec = DeviceSpec {
+            device_id: "dev".into(),
+            primary_key: None,
+            secondary_key: None,
+            status: DeviceStatus::Enabled,
+            status_reason: None,
+        };
+        store.create_device(&spec).await.unwrap();
+        store
     }
-    tx.commit().await?;
-    Ok(results)
+
+    /// A transaction the database ends on its own (SQLite rolls back by itself on a full disk or
+    /// an I/O error; a trigger raising ROLLBACK does the same here) or whose COMMIT fails (a
+    /// deferred foreign key a trigger breaks) is answered 503-style with the database's cause and
+    /// changes nothing; writes work again, without a restart, once the cause is gone. (Before, the
+    /// writer's connection was left "at non-zero transaction depth" and every later write failed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_transaction_is_answered_unavailable_and_the_writer_recovers() {
+        let traps = [
+            (
+                "CREATE TRIGGER trap BEFORE UPDATE ON devices WHEN NEW.reported LIKE '%trap%' \
+                 BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full (injected)'); END;",
+                "database or disk is full (injected)",
+            ),
+            (
+                "CREATE TABLE trap_parent (id TEXT PRIMARY KEY);
+                 CREATE TABLE trap_child (id TEXT REFERENCES trap_parent (id) DEFERRABLE INITIALLY DEFERRED);
+                 CREATE TRIGGER trap AFTER UPDATE ON devices WHEN NEW.reported LIKE '%trap%'
+                 BEGIN INSERT INTO trap_child VALUES (NEW.device_id); END;",
+                "FOREIGN KEY constraint failed",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_device(dir.path()).await;
+        let mut version = 1;
+        for (trap, cause) in traps {
+            version += 1;
+            let twin = store.patch_reported("dev", &json!({"before": version})).await.unwrap();
+            assert_eq!(twin.reported_version, version);
+
+            sqlx::raw_sql(sqlx::AssertSqlSafe(trap)).execute(&store.pool).await.unwrap();
+            for _ in 0..3 {
+                match store.patch_reported("dev", &json!({"trap": 1})).await {
+                    Err(error @ StoreError::Unavailable(_)) => {
+                        assert!(error.is_unavailable());
+                        assert!(error.to_string().contains(cause), "the cause is told: {error}");
+                    }
+                    other => panic!("a failing transaction answered {other:?}"),
+                }
+            }
+
+            sqlx::raw_sql("DROP TRIGGER trap").execute(&store.pool).await.unwrap();
+            version += 1;
+            let twin = store.patch_reported("dev", &json!({"after": version})).await.unwrap();
+            assert_eq!(twin.reported_version, version, "the failed writes changed nothing");
+            assert!(!twin.reported.contains_key("trap"), "{:?}", twin.reported);
+            assert_eq!(store.twin("dev").await.unwrap(), twin);
+        }
+    }
+
+    #[test]
+    fn a_device_always_takes_the_same_lane_and_the_lanes_share_the_devices() {
+        let lanes: Vec<usize> = (0..1000).map(|i| super::lane_of(&format!("device-{i}"), 4)).collect();
+        assert_eq!(super::lane_of("device-7", 4), lanes[7]);
+        for lane in 0..4 {
+            let taken = lanes.iter().filter(|l| **l == lane).count();
+            assert!((150..350).contains(&taken), "lane {lane} takes {taken} of 1000 devices");
+        }
+        assert_eq!(super::lane_of("anything", 1), 0);
+    }
 }

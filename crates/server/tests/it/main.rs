@@ -15,11 +15,13 @@ mod du;
 mod hardening;
 mod isolation;
 mod query;
+mod record;
 mod rest;
 #[cfg(feature = "object-store")]
 mod s3;
 mod support;
 mod twin;
+mod ui;
 
 /// Instantiates every `module::test` of the suite for SQLite and for PostgreSQL. Attributes
 /// before a test (such as `#[ignore = "bug: ..."]`) apply to both; `{ sqlite: #[...] }` after it
@@ -59,6 +61,7 @@ suite! {
     twin::get_returns_desired_and_reported_with_versions,
     twin::reported_patch_answers_204_with_the_new_version_and_rest_sees_it,
     twin::null_in_a_reported_patch_deletes_the_member,
+    twin::concurrent_writes_of_many_devices_all_land_and_each_device_keeps_its_order,
     twin::desired_patch_reaches_subscribed_devices_only_and_honours_the_etag,
     twin::a_reconnecting_device_sees_the_latest_desired_properties,
     twin::patches_breaking_the_twin_limits_are_refused_and_change_nothing,
@@ -75,4 +78,8 @@ suite! {
     du::a_deployment_reaches_devices_and_their_reports_drive_its_status,
     du::a_rollback_policy_redeploys_to_the_failed_devices,
     du::lists_page_and_requests_are_authenticated,
+    record::the_record_always_agrees_with_the_twins,
+    record::records_are_built_from_existing_twins_at_startup,
+    ui::sessions_csrf_and_origins_guard_every_page,
+    ui::pages_show_groups_deployments_and_decoded_results,
 }

@@ -44,7 +44,7 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 const MAX_QUOTED_BODY: usize = 300;
 
 /// A client for one Device Update instance of one server.
-pub(super) struct DuClient {
+pub(in crate::commands) struct DuClient {
     http: reqwest::Client,
     /// `https://host:port` (with any path prefix), from `admin.json`'s `httpsUrl`.
     base: Url,
@@ -76,7 +76,7 @@ pub(super) struct Uploaded {
 
 impl DuClient {
     /// A client for the server `admin.json` describes (see [`DuArgs`]).
-    pub(super) fn connect(args: &DuArgs) -> Result<Self> {
+    pub(in crate::commands) fn connect(args: &DuArgs) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let path = args.admin.clone().unwrap_or_else(|| PathBuf::from("duhub-data/admin.json"));
         let text = std::fs::read_to_string(&path).with_context(|| {

@@ -29,16 +29,26 @@ fn subgroup_deployment_path(group: &str, class: &str, deployment: &str) -> Strin
 }
 
 pub(in crate::commands) fn create(args: &DeploymentCreateArgs) -> Result<Outcome> {
-    let start = args.start.unwrap_or_else(OffsetDateTime::now_utc);
-    let body = deployment_body(args, start)?;
     let client = DuClient::connect(&args.du)?;
-    let deployment = block_on(client.put(&deployment_path(&args.group, &args.deployment), &body))?;
+    let deployment = block_on(put(&client, args))?;
     if args.du.json {
         print_json(&deployment)?;
     } else {
         print!("{}", describe_deployment(&deployment));
     }
     Ok(Outcome::Success)
+}
+
+/// Creates (or replaces) the deployment `args` describes; the server's answer.
+pub(in crate::commands) async fn put(client: &DuClient, args: &DeploymentCreateArgs) -> Result<Value> {
+    let start = args.start.unwrap_or_else(OffsetDateTime::now_utc);
+    let body = deployment_body(args, start)?;
+    client.put(&deployment_path(&args.group, &args.deployment), &body).await
+}
+
+/// The status of a group's deployment (`GET .../deployments/{id}/status`).
+pub(in crate::commands) async fn get_status(client: &DuClient, group: &str, deployment: &str) -> Result<Value> {
+    client.get(&format!("{}/status", deployment_path(group, deployment))).await
 }
 
 /// The body of `PUT .../deployments/{id}`.
@@ -199,17 +209,18 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
 }
 
 /// The device counts of a deployment status, over its subgroups.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Progress {
-    total: u64,
-    in_progress: u64,
-    succeeded: u64,
-    failed: u64,
-    canceled: u64,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(in crate::commands) struct Progress {
+    pub(in crate::commands) total: u64,
+    pub(in crate::commands) in_progress: u64,
+    pub(in crate::commands) succeeded: u64,
+    pub(in crate::commands) failed: u64,
+    pub(in crate::commands) canceled: u64,
 }
 
 impl Progress {
-    fn of(status: &Value) -> Self {
+    pub(in crate::commands) fn of(status: &Value) -> Self {
         let mut progress = Self::default();
         for subgroup in status.get("subgroupStatus").and_then(Value::as_array).into_iter().flatten() {
             let count = |name: &str| subgroup.get(name).and_then(Value::as_u64).unwrap_or(0);

@@ -73,6 +73,11 @@ impl From<ServiceError> for DuError {
             ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, "Conflict", m),
             ServiceError::Invalid(m) => Self::bad_request(m),
             ServiceError::Store(StoreError::NotFound(id)) => Self::not_found(format!("device {id} not found")),
+            ServiceError::Store(error) if error.is_unavailable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the service is unavailable; try again later",
+            ),
             other => {
                 tracing::error!(error = %other, "Device Update request failed");
                 Self::new(
@@ -292,41 +297,126 @@ fn decode(text: &str) -> String {
 /// One page of `items` as `{"value": [...], "nextLink": "..."}`: pages are `page_size` long
 /// and continue with `skipToken=<offset>` on the request's own path and query.
 pub(crate) fn page(du: &DeviceUpdate, uri: &Uri, items: Vec<Value>) -> Result<Json<Value>, DuError> {
-    let size = du.settings().page_size;
-    let offset = match query_param(uri, "skipToken") {
-        Some(token) => token
-            .parse::<usize>()
-            .map_err(|_| DuError::bad_request("skipToken is not valid").with_target("skipToken"))?,
-        None => 0,
-    };
-    let top = match query_param(uri, "top") {
-        Some(top) => Some(
-            top.parse::<usize>()
-                .map_err(|_| DuError::bad_request("top must be a positive number").with_target("top"))?,
-        ),
-        None => None,
-    };
-    let mut items = items;
-    if let Some(top) = top {
-        items.truncate(top);
+    let window = Window::of(du, uri, items.len())?;
+    let value = items.into_iter().skip(window.offset).take(window.end - window.offset).collect();
+    Ok(window.body(value))
+}
+
+/// A page of a device list read by key (device id order): `skipToken` carries how many items
+/// earlier pages gave (for `top`) and the last device id given, hex-encoded
+/// (`<count>.<hex>`), so each page reads from where the previous one stopped instead of
+/// re-reading the list.
+pub(crate) struct Keyset {
+    /// The last device id of the previous page.
+    pub(crate) after: Option<String>,
+    /// Items of this page at most.
+    pub(crate) limit: usize,
+    delivered: usize,
+}
+
+impl Keyset {
+    /// The keyset page `uri` asks for.
+    pub(crate) fn of(du: &DeviceUpdate, uri: &Uri) -> Result<Self, DuError> {
+        let invalid = || DuError::bad_request("skipToken is not valid").with_target("skipToken");
+        let (delivered, after) = match query_param(uri, "skipToken") {
+            None => (0, None),
+            Some(token) => {
+                let (count, hex) = token.split_once('.').ok_or_else(invalid)?;
+                let count = count.parse::<usize>().map_err(|_| invalid())?;
+                if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid());
+                }
+                let bytes: Vec<u8> = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or_default(), 16))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| invalid())?;
+                (count, Some(String::from_utf8(bytes).map_err(|_| invalid())?))
+            }
+        };
+        let top = match query_param(uri, "top") {
+            Some(top) => Some(
+                top.parse::<usize>()
+                    .map_err(|_| DuError::bad_request("top must be a positive number").with_target("top"))?,
+            ),
+            None => None,
+        };
+        let size = du.settings().page_size;
+        let limit = top.map_or(size, |top| size.min(top.saturating_sub(delivered)));
+        Ok(Self { after, limit, delivered })
     }
-    let total = items.len();
-    let value: Vec<Value> = items.into_iter().skip(offset).take(size).collect();
-    let mut body = json!({ "value": value });
-    if offset + size < total {
-        let kept: Vec<&str> = uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| !pair.is_empty() && !pair.starts_with("skipToken="))
-            .collect();
-        let mut query = kept.join("&");
-        if !query.is_empty() {
-            query.push('&');
+
+    /// The response body of a page whose last item has key `last`; `more` when items follow.
+    pub(crate) fn body(self, uri: &Uri, value: Vec<Value>, last: Option<&str>, more: bool) -> Json<Value> {
+        let delivered = self.delivered + value.len();
+        let mut body = json!({ "value": value });
+        if more && let Some(last) = last {
+            let hex: String = last.bytes().map(|b| format!("{b:02x}")).collect();
+            body["nextLink"] = next_link_of(uri, &format!("{delivered}.{hex}")).into();
         }
-        body["nextLink"] = format!("{}?{query}skipToken={}", uri.path(), offset + size).into();
+        Json(body)
     }
-    Ok(Json(body))
+}
+
+/// The request's own path and query with `skipToken` set to `token`.
+fn next_link_of(uri: &Uri, token: &str) -> String {
+    let kept: Vec<&str> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("skipToken="))
+        .collect();
+    let mut query = kept.join("&");
+    if !query.is_empty() {
+        query.push('&');
+    }
+    format!("{}?{query}skipToken={token}", uri.path())
+}
+
+/// The page of a list of `total` items a request asks for (`skipToken`, `top`), and the
+/// `nextLink` to the next one; for lists whose items are expensive to build, so that only the
+/// page's are.
+pub(crate) struct Window {
+    /// First item of the page.
+    pub(crate) offset: usize,
+    /// One past its last item.
+    pub(crate) end: usize,
+    next_link: Option<String>,
+}
+
+impl Window {
+    /// The window of `uri` over `total` items.
+    pub(crate) fn of(du: &DeviceUpdate, uri: &Uri, total: usize) -> Result<Self, DuError> {
+        let size = du.settings().page_size;
+        let offset = match query_param(uri, "skipToken") {
+            Some(token) => token
+                .parse::<usize>()
+                .map_err(|_| DuError::bad_request("skipToken is not valid").with_target("skipToken"))?,
+            None => 0,
+        };
+        let top = match query_param(uri, "top") {
+            Some(top) => Some(
+                top.parse::<usize>()
+                    .map_err(|_| DuError::bad_request("top must be a positive number").with_target("top"))?,
+            ),
+            None => None,
+        };
+        let total = top.map_or(total, |top| total.min(top));
+        let end = total.min(offset.saturating_add(size));
+        let mut next_link = None;
+        if offset.saturating_add(size) < total {
+            next_link = Some(next_link_of(uri, &(offset + size).to_string()));
+        }
+        Ok(Self { offset: offset.min(end), end, next_link })
+    }
+
+    /// The response body of the page's items.
+    pub(crate) fn body(self, value: Vec<Value>) -> Json<Value> {
+        let mut body = json!({ "value": value });
+        if let Some(link) = self.next_link {
+            body["nextLink"] = link.into();
+        }
+        Json(body)
+    }
 }
 
 /// `If-None-Match` matches `etag` (quoted or not).

@@ -21,7 +21,7 @@ fn compliance_json(compliance: Compliance) -> Value {
 /// #21.
 pub(in crate::rest::du) async fn compliance(State(state): State<DuState>) -> Result<Json<Value>, DuError> {
     let snapshot = state.du.snapshot().await?;
-    Ok(Json(compliance_json(snapshot.compliance(&snapshot.devices))))
+    Ok(Json(compliance_json(snapshot.compliance(None, None))))
 }
 
 /// #25.
@@ -30,7 +30,7 @@ pub(in crate::rest::du) async fn group_compliance(
     Path((_, id)): GroupPath,
 ) -> Result<Json<Value>, DuError> {
     let (snapshot, _) = find_group(&state, &id).await?;
-    Ok(Json(compliance_json(snapshot.compliance(snapshot.group_devices(&id)))))
+    Ok(Json(compliance_json(snapshot.compliance(Some(&id), None))))
 }
 
 /// #35.
@@ -39,6 +39,6 @@ pub(in crate::rest::du) async fn subgroup_compliance(
     Path((_, group, class)): SubgroupPath,
 ) -> Result<Json<Value>, DuError> {
     subgroup_created(&state, &group, &class).await?;
-    let snapshot = state.du.snapshot().await?;
-    Ok(Json(compliance_json(snapshot.subgroup_compliance(&group, &class))))
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
+    Ok(Json(compliance_json(snapshot.compliance(Some(&group), Some(&class)))))
 }

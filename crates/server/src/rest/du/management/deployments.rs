@@ -10,13 +10,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    DeploymentPath, GroupPath, SubgroupDeploymentPath, SubgroupPath, find_group, json_body, lenient, order,
-    parse_filter, present, update_id_of, update_info,
+    DeploymentPath, GroupPath, SubgroupDeploymentPath, SubgroupPath, find_group, json_body, keyset_records, lenient,
+    order, parse_filter, present, update_id_of, update_info,
 };
 use crate::du::Snapshot;
-use crate::du::model::{RollbackPolicy, StoredDeployment};
+use crate::du::deploy;
+use crate::du::model::{RollbackPolicy, StoredDeployment, valid_deployment_id};
 use crate::du::status::SubgroupStatus;
-use crate::rest::du::{ApiVersion, DuError, DuState, page};
+use crate::rest::du::{ApiVersion, DuError, DuState, Keyset, page};
+use crate::store::{RecordFilter, RecordRow};
 
 /// The body of #29 (`Deployment`). Members of the wrong type read as absent, so that the
 /// checks below name them.
@@ -88,7 +90,7 @@ pub(in crate::rest::du) async fn list_group_deployments(
 }
 
 async fn find_deployment(state: &DuState, group: &str, id: &str) -> Result<(Snapshot, StoredDeployment), DuError> {
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(group)).await?;
     let deployment = snapshot
         .deployment(group, id)
         .cloned()
@@ -104,11 +106,6 @@ pub(in crate::rest::du) async fn get_deployment(
 ) -> Result<Json<Value>, DuError> {
     let (snapshot, deployment) = find_deployment(&state, &group, &id).await?;
     Ok(Json(deployment_json(&snapshot, &deployment, &version)))
-}
-
-/// Whether a deployment id follows the service's rules.
-fn valid_deployment_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= 73 && !id.chars().any(|c| c.is_uppercase() || "&^[]{}|<>/\\\"".contains(c))
 }
 
 /// #29.
@@ -265,7 +262,7 @@ pub(in crate::rest::du) async fn list_subgroup_deployments(
     uri: Uri,
 ) -> Result<Json<Value>, DuError> {
     super::subgroups::subgroup_created(&state, &group, &class).await?;
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
     let mut items: Vec<Value> = snapshot
         .deployments_of(&group, Some(&class))
         .into_iter()
@@ -329,7 +326,7 @@ pub(in crate::rest::du) async fn subgroup_deployment_action(
         "retry" => state.du.retry(&group, &class, id).await?,
         other => return Err(DuError::not_found(format!("deployments have no action {other:?}; use cancel or retry"))),
     };
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
     Ok(Json(deployment_json(&snapshot, &deployment, &version)))
 }
 
@@ -353,23 +350,28 @@ pub(in crate::rest::du) async fn subgroup_device_states(
 ) -> Result<Json<Value>, DuError> {
     let filter = parse_filter(&uri, &["deviceId", "moduleId", "deviceState"])?;
     let (snapshot, deployment) = find_subgroup_deployment(&state, &group, &class, &id).await?;
-    let Some(states) = snapshot.device_states(&deployment, &class) else {
+    let Some(subgroup) = deployment.subgroups.get(&class) else {
         return Err(DuError::not_found(format!("deployment {id} has not reached device class {class}")));
     };
-    let items = states
-        .into_iter()
-        .filter(|s| {
-            filter.as_ref().is_none_or(|f| {
-                f.matches(|field| match field.to_ascii_lowercase().as_str() {
-                    "deviceid" => Some(s.device.device_id.clone()),
-                    "devicestate" => Some(s.state.as_str().to_owned()),
-                    _ => None,
-                })
+    let keyset = Keyset::of(&state.du, &uri)?;
+    let records = RecordFilter { group_id: Some(group.clone()), class_id: Some(class.clone()), ..Default::default() };
+    let keep = |r: &RecordRow| {
+        filter.as_ref().is_none_or(|f| {
+            f.matches(|field| match field.to_ascii_lowercase().as_str() {
+                "deviceid" => Some(r.device_id.clone()),
+                "devicestate" => Some(deploy::device_state(&deployment, subgroup, &r.facts).as_str().to_owned()),
+                _ => None,
             })
         })
+    };
+    let (members, more) = keyset_records(&state, &keyset, &records, deployment.target_devices.as_deref(), keep).await?;
+    let states = snapshot.device_states(&deployment, &class, &members).unwrap_or_default();
+    let last = members.last().map(|r| r.device_id.clone());
+    let items = states
+        .into_iter()
         .map(|s| {
             json!({"deviceId": s.device.device_id, "retryCount": s.retry_count, "movedOnToNewDeployment": s.moved_on, "deviceState": s.state.as_str()})
         })
         .collect();
-    page(&state.du, &uri, items)
+    Ok(keyset.body(&uri, items, last.as_deref(), more))
 }

@@ -7,10 +7,11 @@ use axum::http::Uri;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{GroupPath, SubgroupPath, json_body, parse_filter, update_info};
+use super::{GroupPath, SubgroupPath, json_body, keyset_records, parse_filter, update_info};
 use crate::du::Snapshot;
 use crate::du::fleet::DeviceView;
-use crate::rest::du::{DuError, DuState, accepted, page};
+use crate::rest::du::{DuError, DuState, Keyset, accepted};
+use crate::store::{RecordFilter, RecordRow};
 
 fn device_json(snapshot: &Snapshot, device: &DeviceView) -> Value {
     let mut value = json!({
@@ -18,17 +19,19 @@ fn device_json(snapshot: &Snapshot, device: &DeviceView) -> Value {
         "deviceClassId": device.class.id,
         "groupId": device.group_id,
     });
-    if let Some(deployment) = snapshot.last_attempted_deployment(device) {
+    if let Some(deployment) = device.reported_workflow().and_then(|w| snapshot.deployment_of_workflow(w)) {
         value["lastAttemptedUpdate"] = update_info(snapshot, &deployment.update);
     }
-    if let Some((deployment, state)) = snapshot.device_deployment(device) {
+    if let Some((deployment, state)) =
+        snapshot.device_deployment(&device.group_id, &device.class.id, Some(&device.device_id), device)
+    {
         value["deploymentStatus"] = state.as_str().into();
         value["lastDeploymentId"] = deployment.deployment_id.clone().into();
     }
     if let Some(installed) = &device.installed {
         value["installedUpdate"] = update_info(snapshot, installed);
     }
-    value["onLatestUpdate"] = snapshot.on_latest(device).into();
+    value["onLatestUpdate"] = snapshot.on_latest(&device.class, device.installed.as_ref()).into();
     if let Some(result) = &device.agent.last_install_result {
         // `resultDetails` is a string in the swagger (not nullable): the agent's `null` is left out.
         let mut last = json!({
@@ -70,23 +73,27 @@ fn erc(code: Option<duhub_proto::result::ExtendedResultCode>) -> i64 {
 pub(in crate::rest::du) async fn list_devices(State(state): State<DuState>, uri: Uri) -> Result<Json<Value>, DuError> {
     let filter = parse_filter(&uri, &["groupId", "deviceClassId", "deploymentStatus", "deviceId"])?;
     let snapshot = state.du.snapshot().await?;
-    let items = snapshot
-        .devices
-        .iter()
-        .map(|d| device_json(&snapshot, d))
-        .filter(|json| {
-            filter.as_ref().is_none_or(|f| {
-                f.matches(|field| {
-                    let key = ["groupId", "deviceClassId", "deploymentStatus", "deviceId"]
-                        .into_iter()
-                        .find(|k| k.eq_ignore_ascii_case(field))
-                        .unwrap_or(field);
-                    json.get(key).and_then(Value::as_str).map(str::to_owned)
-                })
+    // The filter is decided on the records, page by page in device id order; only the page's
+    // twins are read.
+    let keyset = Keyset::of(&state.du, &uri)?;
+    let keep = |r: &RecordRow| {
+        filter.as_ref().is_none_or(|f| {
+            f.matches(|field| match field.to_ascii_lowercase().as_str() {
+                "groupid" => Some(r.group_id.clone()),
+                "deviceclassid" => Some(r.class_id.clone()),
+                "deviceid" => Some(r.device_id.clone()),
+                "deploymentstatus" => snapshot
+                    .device_deployment(&r.group_id, &r.class_id, Some(&r.device_id), &r.facts)
+                    .map(|(_, s)| s.as_str().to_owned()),
+                _ => None,
             })
         })
-        .collect();
-    page(&state.du, &uri, items)
+    };
+    let (page, more) = keyset_records(&state, &keyset, &RecordFilter::default(), None, keep).await?;
+    let ids: Vec<String> = page.iter().map(|r| r.device_id.clone()).collect();
+    let rows = state.du.store().fleet_of(&ids).await?;
+    let items = rows.iter().filter_map(DeviceView::from_row).map(|d| device_json(&snapshot, &d)).collect();
+    Ok(keyset.body(&uri, items, ids.last().map(String::as_str), more))
 }
 
 /// #18: devices come from the hub's registry, so the import has nothing to copy. The body is
@@ -112,13 +119,13 @@ pub(in crate::rest::du) async fn get_device(
     State(state): State<DuState>,
     Path((_, id)): GroupPath,
 ) -> Result<Json<Value>, DuError> {
-    let snapshot = state.du.snapshot().await?;
-    let device = snapshot
-        .devices
+    let rows = state.du.store().fleet_of(std::slice::from_ref(&id)).await?;
+    let device = rows
         .iter()
-        .find(|d| d.device_id == id)
+        .find_map(DeviceView::from_row)
         .ok_or_else(|| DuError::not_found(format!("device {id} not found or has no Device Update agent")))?;
-    Ok(Json(device_json(&snapshot, device)))
+    let snapshot = state.du.snapshot_of(Some(&device.group_id)).await?;
+    Ok(Json(device_json(&snapshot, &device)))
 }
 
 /// #20: module identities are not supported by the hub yet.

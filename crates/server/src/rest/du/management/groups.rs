@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{GroupPath, find_group, order};
 use crate::du::Snapshot;
-use crate::du::fleet::{DEFAULT_GROUP, DeviceClass, DeviceView};
+use crate::du::fleet::{DEFAULT_GROUP, DeviceClass};
 use crate::rest::du::{DuError, DuState, page};
 
 fn group_json(snapshot: &Snapshot, id: &str, created: &str) -> Value {
@@ -25,13 +25,8 @@ fn group_json(snapshot: &Snapshot, id: &str, created: &str) -> Value {
 }
 
 /// The REST `DeviceClassSubgroupUpdatableDevices` of a subgroup, if an update fits its class.
-pub(super) fn best_updates_json(
-    snapshot: &Snapshot,
-    group: &str,
-    class: &DeviceClass,
-    members: &[&DeviceView],
-) -> Option<Value> {
-    let best = snapshot.best_update_for(class, members)?;
+pub(super) fn best_updates_json(snapshot: &Snapshot, group: &str, class: &DeviceClass) -> Option<Value> {
+    let best = snapshot.best_update_for(group, class)?;
     Some(
         json!({"groupId": group, "deviceClassId": class.id, "update": best.update.info(), "deviceCount": best.outdated_devices}),
     )
@@ -87,10 +82,7 @@ pub(in crate::rest::du) async fn group_best_updates(
     uri: Uri,
 ) -> Result<Json<Value>, DuError> {
     let (snapshot, _) = find_group(&state, &id).await?;
-    let items = snapshot
-        .subgroups_of(&id)
-        .values()
-        .filter_map(|(class, members)| best_updates_json(&snapshot, &id, class, members))
-        .collect();
+    let items =
+        snapshot.subgroups_of(&id).values().filter_map(|(class, _)| best_updates_json(&snapshot, &id, class)).collect();
     page(&state.du, &uri, items)
 }

@@ -21,9 +21,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::filter::{Filter, OrderBy};
-use super::{DuError, DuState, query_param};
+use super::{DuError, DuState, Keyset, query_param};
 use crate::du::Snapshot;
 use crate::du::model::update_id_json;
+use crate::store::{RecordFilter, RecordRow};
 
 type GroupPath = Path<(String, String)>;
 type SubgroupPath = Path<(String, String, String)>;
@@ -88,9 +89,48 @@ fn order(uri: &Uri, items: &mut [Value], fields: &[(&str, &str)]) -> Result<(), 
     Ok(())
 }
 
+/// Records read per query while a keyset page is filled.
+const KEYSET_CHUNK: i64 = 1000;
+
+/// One keyset page of the records matching `filter` (or, with `ids`, of those devices) that
+/// `keep` accepts, and whether more follow. Reads from the previous page's last key on, in
+/// chunks, until the page is full and one more kept record is seen.
+async fn keyset_records(
+    state: &DuState,
+    keyset: &Keyset,
+    filter: &RecordFilter,
+    ids: Option<&[String]>,
+    keep: impl Fn(&RecordRow) -> bool,
+) -> Result<(Vec<RecordRow>, bool), DuError> {
+    let mut page = Vec::new();
+    let mut after = keyset.after.clone();
+    if let Some(ids) = ids {
+        let rows = state.du.store().records_of(ids).await?;
+        let mut rows = rows.into_iter().filter(|r| after.as_ref().is_none_or(|a| &r.device_id > a)).filter(|r| keep(r));
+        page.extend(rows.by_ref().take(keyset.limit));
+        return Ok((page, rows.next().is_some()));
+    }
+    loop {
+        let chunk = state.du.store().records(filter, after.as_deref(), KEYSET_CHUNK).await?;
+        let done = i64::try_from(chunk.len()).unwrap_or(i64::MAX) < KEYSET_CHUNK;
+        after = chunk.last().map(|r| r.device_id.clone()).or(after);
+        for row in chunk {
+            if keep(&row) {
+                if page.len() == keyset.limit {
+                    return Ok((page, true));
+                }
+                page.push(row);
+            }
+        }
+        if done {
+            return Ok((page, false));
+        }
+    }
+}
+
 /// A group's snapshot and creation time; 404 for an unknown group.
 async fn find_group(state: &DuState, id: &str) -> Result<(Snapshot, String), DuError> {
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(id)).await?;
     let created = state
         .du
         .groups()

@@ -22,7 +22,7 @@ pub(super) async fn subgroup_created(state: &DuState, group: &str, class: &str) 
         .ok_or_else(|| DuError::not_found(format!("group {group} has no device class subgroup {class}")))
 }
 
-fn subgroup_json(snapshot: &Snapshot, group: &str, class: &str, created: &str, count: usize) -> Value {
+fn subgroup_json(snapshot: &Snapshot, group: &str, class: &str, created: &str, count: u64) -> Value {
     let mut value = json!({"deviceClassId": class, "groupId": group, "createdDateTime": created, "deviceCount": count});
     if let Some(deployment) = snapshot.governing(group, class) {
         value["deploymentId"] = deployment.deployment_id.clone().into();
@@ -50,9 +50,9 @@ pub(in crate::rest::du) async fn list_subgroups(
                 })
             })
         })
-        .filter_map(|(id, (_, members))| {
+        .filter_map(|(id, (_, count))| {
             let created = records.iter().find(|(g, c, _)| g == &group && c == id)?.2.clone();
-            Some(subgroup_json(&snapshot, &group, id, &created, members.len()))
+            Some(subgroup_json(&snapshot, &group, id, &created, *count))
         })
         .collect();
     page(&state.du, &uri, items)
@@ -64,7 +64,7 @@ pub(in crate::rest::du) async fn get_subgroup(
     Path((_, group, class)): SubgroupPath,
 ) -> Result<Json<Value>, DuError> {
     let created = subgroup_created(&state, &group, &class).await?;
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
     let count = snapshot.subgroup_device_count(&group, &class);
     Ok(Json(subgroup_json(&snapshot, &group, &class, &created, count)))
 }
@@ -87,12 +87,12 @@ pub(in crate::rest::du) async fn subgroup_best_update(
     Path((_, group, class)): SubgroupPath,
 ) -> Result<Json<Value>, DuError> {
     subgroup_created(&state, &group, &class).await?;
-    let snapshot = state.du.snapshot().await?;
+    let snapshot = state.du.snapshot_of(Some(&group)).await?;
     let subgroups = snapshot.subgroups_of(&group);
-    let (device_class, members) = subgroups
+    let (device_class, _) = subgroups
         .get(&class)
         .ok_or_else(|| DuError::not_found(format!("group {group} has no devices of class {class}")))?;
-    best_updates_json(&snapshot, &group, device_class, members)
+    best_updates_json(&snapshot, &group, device_class)
         .map(Json)
         .ok_or_else(|| DuError::not_found(format!("no update fits device class {class}")))
 }

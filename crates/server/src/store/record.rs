@@ -1,0 +1,479 @@
+//! The per-device Device Update record (`du_device`): for each device with an agent its group,
+//! device class, what its agent last reported (state, workflow, result codes, installed update)
+//! and what the service last asked of it (desired workflow), plus its connection state.
+//!
+//! The record is derived from the twin by [`DuRecord::of`] (the only derivation: `du::fleet`
+//! builds its `DeviceView` from it too) and written by [`apply_record`] in the same transaction
+//! as the twin change that alters it, so record and twin never disagree, not even after a
+//! kill -9. Status, compliance, groups, classes and device lists read it with indexed queries
+//! and `GROUP BY` instead of parsing every twin. A one-time backfill ([`Store::backfill_records`])
+//! builds the records of a database created before the table existed.
+
+use std::collections::BTreeMap;
+
+use duhub_proto::result::ResultCode;
+use duhub_proto::twin::{AgentProperties, AgentState, UpdateAction, Workflow};
+use duhub_proto::update_id::UpdateId;
+use serde_json::{Map, Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::twins::Twin;
+use super::{Store, StoreError};
+use crate::ids::now_rfc3339;
+
+/// The twin tag that names a device's group.
+pub const GROUP_TAG: &str = "ADUGroup";
+/// The group of devices without the tag.
+pub const DEFAULT_GROUP: &str = "$default";
+
+/// What Device Update knows of one device, derived from its twin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DuRecord {
+    /// Group id (tag or [`DEFAULT_GROUP`]).
+    pub group_id: String,
+    /// Whether the group comes from the tag.
+    pub tagged: bool,
+    /// Device class id: 40 hex digits of the SHA-256 of `class_body`.
+    pub class_id: String,
+    /// Compatibility property name -> value (sorted by name).
+    pub compat: BTreeMap<String, String>,
+    /// Contract model id, when reported.
+    pub contract_model: Option<String>,
+    /// What the agent reports (`deviceUpdate.agent`).
+    pub agent: AgentProperties,
+    /// The installed update, parsed.
+    pub installed: Option<UpdateId>,
+    /// The workflow the service last wrote to `deviceUpdate.service`.
+    pub desired: Workflow,
+}
+
+/// The canonical JSON a device class id hashes.
+pub fn class_body(compat: &BTreeMap<String, String>, contract_model: Option<&str>) -> String {
+    json!({"compat": compat, "contractModel": contract_model}).to_string()
+}
+
+/// The id of a device class: 40 hex digits of the SHA-256 of its canonical JSON.
+pub fn class_id(compat: &BTreeMap<String, String>, contract_model: Option<&str>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, class_body(compat, contract_model).as_bytes());
+    digest.as_ref().iter().take(20).map(|b| format!("{b:02x}")).collect()
+}
+
+impl DuRecord {
+    /// The record of a twin; `None` for devices without a Device Update agent (no reported
+    /// `deviceUpdate.agent.deviceProperties`).
+    pub fn of(tags: &Map<String, Value>, desired: &Map<String, Value>, reported: &Map<String, Value>) -> Option<Self> {
+        let agent_json = reported.get("deviceUpdate")?.get("agent")?;
+        let properties = agent_json.get("deviceProperties")?.as_object()?;
+        let agent: AgentProperties = serde_json::from_value(agent_json.clone()).unwrap_or_default();
+        let names = agent_json
+            .get("compatPropertyNames")
+            .and_then(Value::as_str)
+            .filter(|names| !names.trim().is_empty())
+            .unwrap_or("manufacturer,model");
+        let mut compat = BTreeMap::new();
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()).take(5) {
+            let value = properties
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .and_then(|(_, value)| value.as_str())
+                .unwrap_or_default();
+            compat.insert(name.to_owned(), value.to_owned());
+        }
+        let contract_model = properties.get("contractModelId").and_then(Value::as_str).map(str::to_owned);
+        let group = tags.get(GROUP_TAG).and_then(Value::as_str).filter(|g| !g.is_empty());
+        let installed = agent.installed_update_id.as_deref().and_then(UpdateId::from_installed_update_id);
+        let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
+        let desired = Workflow {
+            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
+            id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
+            retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
+        };
+        Some(Self {
+            group_id: group.unwrap_or(DEFAULT_GROUP).to_owned(),
+            tagged: group.is_some(),
+            class_id: class_id(&compat, contract_model.as_deref()),
+            compat,
+            contract_model,
+            agent,
+            installed,
+            desired,
+        })
+    }
+
+    /// The record of a twin.
+    pub fn of_twin(twin: &Twin) -> Option<Self> {
+        Self::of(&twin.tags, &twin.desired, &twin.reported)
+    }
+
+    /// The reported workflow id.
+    pub fn reported_workflow(&self) -> Option<&str> {
+        self.agent.workflow.as_ref().and_then(|w| w.id.as_deref())
+    }
+
+    fn columns(&self) -> Columns {
+        let result = self.agent.last_install_result.as_ref();
+        Columns {
+            class_body: class_body(&self.compat, self.contract_model.as_deref()),
+            agent_state: self.agent.state.map(AgentState::code),
+            workflow_id: self.reported_workflow().map(str::to_owned),
+            workflow_action: self.agent.workflow.as_ref().and_then(|w| w.action).map(UpdateAction::code),
+            result_code: result.map(|r| i64::from(r.result_code.0)),
+            extended_result_code: result
+                .and_then(duhub_proto::twin::LastInstallResult::extended_result_code)
+                .map(|c| i64::from(c.0)),
+            installed_update: self.installed.as_ref().map(installed_text),
+            desired_workflow_id: self.desired.id.clone(),
+            desired_action: self.desired.action.map(UpdateAction::code),
+            desired_retry: self.desired.retry_timestamp.clone(),
+        }
+    }
+}
+
+/// The stored form of an installed update id (`{"provider","name","version"}`, compact).
+fn installed_text(id: &UpdateId) -> String {
+    json!({"provider": id.provider, "name": id.name, "version": id.version}).to_string()
+}
+
+struct Columns {
+    class_body: String,
+    agent_state: Option<i64>,
+    workflow_id: Option<String>,
+    workflow_action: Option<i64>,
+    result_code: Option<i64>,
+    extended_result_code: Option<i64>,
+    installed_update: Option<String>,
+    desired_workflow_id: Option<String>,
+    desired_action: Option<i64>,
+    desired_retry: Option<String>,
+}
+
+/// Brings the record of `twin` up to date inside `tx` when the change from `before` altered
+/// it (or always, when `before` is `None`): upserts it, or deletes it when the device no longer
+/// has an agent. Called in the transaction of every twin change, so record and twin commit
+/// together. Returns whether the record changed.
+pub(super) async fn apply_record(
+    tx: &mut sqlx::AnyConnection,
+    before: Option<&Twin>,
+    twin: &Twin,
+) -> Result<bool, StoreError> {
+    let record = DuRecord::of_twin(twin);
+    let previous = before.map(DuRecord::of_twin);
+    if previous.as_ref() == Some(&record) {
+        return Ok(false);
+    }
+    match record {
+        None => {
+            sqlx::query("DELETE FROM du_device WHERE device_id = $1").bind(&twin.device_id).execute(&mut *tx).await?;
+        }
+        Some(record) => upsert(tx, &twin.device_id, &record, &twin.connection_state, false).await?,
+    }
+    Ok(true)
+}
+
+async fn upsert(
+    tx: &mut sqlx::AnyConnection,
+    device_id: &str,
+    record: &DuRecord,
+    connection_state: &str,
+    keep_existing: bool,
+) -> Result<(), StoreError> {
+    let c = record.columns();
+    let conflict = if keep_existing {
+        "DO NOTHING"
+    } else {
+        "DO UPDATE SET group_id = excluded.group_id, class_id = excluded.class_id, class_body = excluded.class_body, \
+         agent_state = excluded.agent_state, workflow_id = excluded.workflow_id, \
+         workflow_action = excluded.workflow_action, result_code = excluded.result_code, \
+         extended_result_code = excluded.extended_result_code, installed_update = excluded.installed_update, \
+         desired_workflow_id = excluded.desired_workflow_id, desired_action = excluded.desired_action, \
+         desired_retry = excluded.desired_retry, updated_at = excluded.updated_at"
+    };
+    let sql = format!(
+        "INSERT INTO du_device (device_id, group_id, class_id, class_body, agent_state, workflow_id, workflow_action, \
+         result_code, extended_result_code, installed_update, desired_workflow_id, desired_action, desired_retry, \
+         connection_state, connection_time, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
+         ON CONFLICT (device_id) {conflict}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(device_id)
+        .bind(&record.group_id)
+        .bind(&record.class_id)
+        .bind(c.class_body)
+        .bind(c.agent_state)
+        .bind(c.workflow_id)
+        .bind(c.workflow_action)
+        .bind(c.result_code)
+        .bind(c.extended_result_code)
+        .bind(c.installed_update)
+        .bind(c.desired_workflow_id)
+        .bind(c.desired_action)
+        .bind(c.desired_retry)
+        .bind(connection_state)
+        .bind(now_rfc3339())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Records the connection state of a device's record (if it has one) inside `tx`.
+pub(super) async fn apply_connection(
+    tx: &mut sqlx::AnyConnection,
+    device_id: &str,
+    state: &str,
+    at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE du_device SET connection_state = $1, connection_time = $2 WHERE device_id = $3")
+        .bind(state)
+        .bind(at)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// What device status is derived from, as the record stores it: the inputs of
+/// `du::deploy::device_state` and of compliance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Facts {
+    /// Reported workflow id.
+    pub workflow_id: Option<String>,
+    /// Reported agent state (wire number).
+    pub agent_state: Option<i64>,
+    /// Reported overall result code.
+    pub result_code: Option<i64>,
+    /// Installed update (`{"provider","name","version"}`).
+    pub installed_update: Option<String>,
+}
+
+impl Facts {
+    /// The reported agent state.
+    pub fn state(&self) -> Option<AgentState> {
+        self.agent_state.map(AgentState::from_code)
+    }
+
+    /// The reported result code.
+    pub fn result(&self) -> Option<ResultCode> {
+        self.result_code.and_then(|c| i32::try_from(c).ok()).map(ResultCode)
+    }
+
+    /// The installed update id.
+    pub fn installed(&self) -> Option<UpdateId> {
+        serde_json::from_str(self.installed_update.as_deref()?).ok()
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            workflow_id: row.try_get("workflow_id")?,
+            agent_state: row.try_get("agent_state")?,
+            result_code: row.try_get("result_code")?,
+            installed_update: row.try_get("installed_update")?,
+        })
+    }
+}
+
+/// Devices of one group and class with the same [`Facts`].
+#[derive(Debug, Clone)]
+pub struct RecordBucket {
+    /// Group id.
+    pub group_id: String,
+    /// Device class id.
+    pub class_id: String,
+    /// The class's canonical JSON (`{"compat", "contractModel"}`).
+    pub class_body: String,
+    /// What they report.
+    pub facts: Facts,
+    /// How many devices.
+    pub count: u64,
+}
+
+/// One device's record as stored.
+#[derive(Debug, Clone)]
+pub struct RecordRow {
+    /// Device id.
+    pub device_id: String,
+    /// Group id.
+    pub group_id: String,
+    /// Device class id.
+    pub class_id: String,
+    /// The class's canonical JSON.
+    pub class_body: String,
+    /// What it reports.
+    pub facts: Facts,
+    /// The desired workflow (id, action, retry timestamp).
+    pub desired: Workflow,
+    /// `Connected` or `Disconnected`.
+    pub connection_state: String,
+}
+
+/// Which records a device list covers.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    /// Only this group.
+    pub group_id: Option<String>,
+    /// Only this class.
+    pub class_id: Option<String>,
+    /// Only devices that reported this workflow id.
+    pub workflow_id: Option<String>,
+    /// Only devices whose desired workflow differs from (id, action) or has a retry timestamp.
+    pub not_desired: Option<(String, i64)>,
+}
+
+const ROW_COLUMNS: &str = "device_id, group_id, class_id, class_body, workflow_id, agent_state, result_code, \
+     installed_update, desired_workflow_id, desired_action, desired_retry, connection_state";
+
+fn record_row(row: &AnyRow) -> Result<RecordRow, StoreError> {
+    Ok(RecordRow {
+        device_id: row.try_get("device_id")?,
+        group_id: row.try_get("group_id")?,
+        class_id: row.try_get("class_id")?,
+        class_body: row.try_get("class_body")?,
+        facts: Facts::from_row(row)?,
+        desired: Workflow {
+            action: row.try_get::<Option<i64>, _>("desired_action")?.map(UpdateAction::from_code),
+            id: row.try_get("desired_workflow_id")?,
+            retry_timestamp: row.try_get("desired_retry")?,
+        },
+        connection_state: row.try_get("connection_state")?,
+    })
+}
+
+impl Store {
+    /// Notified after a committed twin change altered a device's record (this node's writes):
+    /// what the deployment reconciler waits for instead of rescanning the fleet.
+    pub fn records_changed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.records_changed.clone()
+    }
+
+    /// Device counts by group, class and [`Facts`], optionally of one group (and class): what
+    /// status and compliance are computed from, one row per distinct combination.
+    pub async fn record_buckets(
+        &self,
+        group_id: Option<&str>,
+        class_id: Option<&str>,
+    ) -> Result<Vec<RecordBucket>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update, \
+             COUNT(*) AS devices FROM du_device \
+             WHERE ($1 IS NULL OR group_id = $1) AND ($2 IS NULL OR class_id = $2) \
+             GROUP BY group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update",
+        )
+        .bind(group_id)
+        .bind(class_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RecordBucket {
+                    group_id: row.try_get("group_id")?,
+                    class_id: row.try_get("class_id")?,
+                    class_body: row.try_get("class_body")?,
+                    facts: Facts::from_row(row)?,
+                    count: u64::try_from(row.try_get::<i64, _>("devices")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Records in device id order after `after` (keyset), at most `limit`, matching `filter`.
+    pub async fn records(
+        &self,
+        filter: &RecordFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let (not_id, not_action) = filter.not_desired.clone().unzip();
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM du_device \
+             WHERE ($1 IS NULL OR group_id = $1) AND ($2 IS NULL OR class_id = $2) \
+             AND ($3 IS NULL OR workflow_id = $3) AND ($4 IS NULL OR device_id > $4) \
+             AND ($5 IS NULL OR desired_workflow_id IS NULL OR desired_workflow_id <> $5 \
+                  OR desired_action IS NULL OR desired_action <> $6 OR desired_retry IS NOT NULL) \
+             ORDER BY device_id LIMIT $7"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.group_id.as_deref())
+            .bind(filter.class_id.as_deref())
+            .bind(filter.workflow_id.as_deref())
+            .bind(after)
+            .bind(not_id)
+            .bind(not_action)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_row).collect()
+    }
+
+    /// The records of these devices (those that have one), in device id order.
+    pub async fn records_of(&self, device_ids: &[String]) -> Result<Vec<RecordRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in device_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT {ROW_COLUMNS} FROM du_device WHERE device_id IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(record_row(&row)?);
+            }
+        }
+        out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        Ok(out)
+    }
+
+    /// Distinct (group, class, class body) of the records: the subgroups that have devices.
+    pub async fn record_subgroups(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT group_id, class_id, class_body FROM du_device ORDER BY group_id, class_id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| Ok((r.try_get("group_id")?, r.try_get("class_id")?, r.try_get("class_body")?))).collect()
+    }
+
+    /// Builds the records of every twin once, if the schema step that added the table asked for
+    /// it (a database from before the record existed). Twins are read in pages; a record a live
+    /// write stored meanwhile is kept.
+    pub(super) async fn backfill_records(&self) -> Result<(), StoreError> {
+        let pending: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(pending) FROM du_record_backfill").fetch_one(&self.pool).await?;
+        if pending.is_none() {
+            return Ok(());
+        }
+        let mut after = String::new();
+        let mut built = 0u64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT device_id, tags, desired, reported, connection_state FROM devices WHERE device_id > $1 \
+                 ORDER BY device_id LIMIT 1000",
+            )
+            .bind(&after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("device_id")?;
+            let mut tx = self.pool.begin().await?;
+            for row in &rows {
+                let object = |column: &str| -> Result<Map<String, Value>, StoreError> {
+                    match serde_json::from_str(&row.try_get::<String, _>(column)?) {
+                        Ok(Value::Object(map)) => Ok(map),
+                        _ => Err(StoreError::Corrupt(format!("{column} is not a JSON object"))),
+                    }
+                };
+                if let Some(record) = DuRecord::of(&object("tags")?, &object("desired")?, &object("reported")?) {
+                    let device_id: String = row.try_get("device_id")?;
+                    let connection: String = row.try_get("connection_state")?;
+                    upsert(&mut tx, &device_id, &record, &connection, true).await?;
+                    built += 1;
+                }
+            }
+            tx.commit().await?;
+        }
+        sqlx::query("DELETE FROM du_record_backfill").execute(&self.pool).await?;
+        if built > 0 {
+            tracing::info!(devices = built, "built the Device Update records of existing twins");
+        }
+        Ok(())
+    }
+}
