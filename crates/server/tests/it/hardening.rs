@@ -285,3 +285,73 @@ async fn https_connections_are_capped() {
     .await;
     server.shutdown().await;
 }
+
+/// Uploads `bytes` (`POST .../duhub/uploads`); returns the status and the JSON answer.
+async fn upload(server: &TestServer, bytes: Vec<u8>) -> (StatusCode, Value) {
+    let du = server.du();
+    let response =
+        du.http().post(du.url("/duhub/uploads")).bearer_auth(&server.admin.api_token).body(bytes).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Issue 11 item 3 (uploads): uploaded files no import claimed were never removed, so a token
+/// holder could fill the disk. Unclaimed uploads now expire; ones an import used stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_uploads_expire_and_imported_ones_stay() {
+    let settings = duhub_server::config::Settings { upload_expiry_ms: Some(1500), ..Default::default() };
+    let server = TestServer::start_with_settings(settings).await;
+    let (status, stray) = upload(&server, b"nobody imports me".to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{stray}");
+    let stray_id = stray["url"].as_str().unwrap().trim_start_matches("upload:").to_owned();
+
+    // An import that uses two uploads claims them.
+    let fixture = duhub_testkit::ImportFixture::new(
+        "contoso",
+        "kept",
+        "1.0",
+        &[("model", "m")],
+        &[("install.sh", b"#!/bin/sh\n")],
+    );
+    let (_, manifest) = upload(&server, fixture.manifest_bytes()).await;
+    let (_, file) = upload(&server, b"#!/bin/sh\n".to_vec()).await;
+    let item = json!({
+        "importManifest": {"url": manifest["url"], "sizeInBytes": manifest["sizeInBytes"], "hashes": manifest["hashes"]},
+        "files": [{"filename": "install.sh", "url": file["url"]}],
+    });
+    server.du().import(&json!([item])).await.unwrap();
+    let file_id = file["url"].as_str().unwrap().trim_start_matches("upload:").to_owned();
+
+    let content = server.du_service().content();
+    let store = server.hub().store();
+    // Deleted, and its bytes no longer pending (so the cap has room again).
+    eventually("the unclaimed upload deleted", Duration::from_secs(20), || async {
+        let kept = content.contains(&stray_id).await.unwrap();
+        let pending = store.pending_upload_bytes().await.unwrap();
+        if !kept && pending == 0 { Ok(()) } else { Err(format!("kept: {kept}, pending bytes: {pending}")) }
+    })
+    .await;
+    assert!(content.contains(&file_id).await.unwrap(), "an imported file was deleted");
+    server.shutdown().await;
+}
+
+/// Issue 11 item 3 (uploads): the bytes of uploads not yet imported are capped; beyond, 507
+/// and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_uploads_are_capped_with_507() {
+    let settings = duhub_server::config::Settings { max_pending_upload_bytes: Some(1000), ..Default::default() };
+    let server = TestServer::start_with_settings(settings).await;
+    let (status, _) = upload(&server, vec![b'a'; 600]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = upload(&server, vec![b'b'; 600]).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(body.to_string().contains("max_pending_upload_bytes"), "{body}");
+    let refused = duhub_server::ids::hex(ring::digest::digest(&ring::digest::SHA256, &[b'b'; 600]).as_ref());
+    assert!(!server.du_service().content().contains(&refused).await.unwrap(), "the refused upload was kept");
+    // What fits under the cap still goes in.
+    let (status, _) = upload(&server, vec![b'c'; 300]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = upload(&server, vec![b'd'; 300]).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    server.shutdown().await;
+}
