@@ -8,7 +8,9 @@
 mod connection;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -107,12 +109,16 @@ impl Hub {
     }
 
     /// Serves one device connection (TLS already terminated) until it ends.
-    pub async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    ///
+    /// The session's future is boxed: the task that awaits it (and whatever else that task did
+    /// before, such as the TLS handshake) then holds a pointer, not a second copy of the stream,
+    /// for every idle connection.
+    pub fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr) -> Pin<Box<impl Future<Output = ()> + Send>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        connection::run(self, stream, peer, id).await;
+        Box::pin(connection::run(self, stream, peer, id))
     }
 
     async fn on_event(&self, event: Event) {
