@@ -151,7 +151,6 @@ where
     let mut state =
         SessionState { desired_subscribed: identity.resumed.is_some_and(|session| session.desired), next_pkid: 1 };
     let end = serve(&hub, &mut conn, &identity, &mut inbox, &mut state).await;
-    drop(conn);
     tracing::info!(%peer, device = %device_id, %end, "device disconnected");
     if hub.unregister(&device_id, connection)
         && let Err(error) = Box::pin(hub.store.set_connection(&device_id, false, None, None)).await
