@@ -8,6 +8,7 @@
 mod cli;
 mod cluster;
 mod device;
+mod disk_full;
 mod du;
 mod hardening;
 mod keys;

@@ -37,6 +37,9 @@ impl std::fmt::Display for End {
     }
 }
 
+/// Buffer capacity a session keeps between packets; a larger one (after a large packet) is freed.
+const KEPT_BUFFER: usize = 4096;
+
 struct Conn<S> {
     stream: S,
     read: BytesMut,
@@ -49,6 +52,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn next(&mut self) -> Result<Option<Packet>, End> {
         loop {
             if let Some(packet) = frame::read_packet(&mut self.read, self.max_packet).map_err(End::Protocol)? {
+                if self.read.is_empty() && self.read.capacity() > KEPT_BUFFER {
+                    self.read = BytesMut::new();
+                }
                 return Ok(Some(packet));
             }
             self.read.reserve(1024);
@@ -63,6 +69,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         packet.write(&mut self.write, usize::MAX).map_err(|e| End::Protocol(e.to_string()))?;
         self.stream.write_all(&self.write).await.map_err(End::Io)?;
         self.write.clear();
+        // A large packet (a twin document) does not leave its buffer behind for the session.
+        if self.write.capacity() > KEPT_BUFFER {
+            self.write = BytesMut::new();
+        }
         self.stream.flush().await.map_err(End::Io)
     }
 }
@@ -87,35 +97,34 @@ pub(super) async fn run<S>(hub: Arc<Hub>, stream: S, peer: SocketAddr, connectio
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut conn = Conn {
-        stream,
-        read: BytesMut::with_capacity(512),
-        write: BytesMut::with_capacity(256),
-        max_packet: hub.settings.max_packet_bytes,
-    };
-    let identity = match tokio::time::timeout(hub.settings.connect_timeout, authenticate(&hub, &mut conn)).await {
-        Ok(Ok(identity)) => identity,
-        Ok(Err(End::Refused(code, why))) => {
-            tracing::info!(%peer, ?code, "refused connection: {why}");
-            let _ = conn.send(Packet::ConnAck(ConnAck::new(code, false))).await;
-            return;
-        }
-        Ok(Err(end)) => {
-            tracing::debug!(%peer, %end, "connection ended before CONNECT");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "no CONNECT in time");
-            return;
-        }
-    };
+    let mut conn =
+        Conn { stream, read: BytesMut::new(), write: BytesMut::new(), max_packet: hub.settings.max_packet_bytes };
+    // The futures of one-off steps are boxed, so that an idle session's future is only as large as
+    // its wait for the next packet (it is held for every connected device).
+    let identity =
+        match tokio::time::timeout(hub.settings.connect_timeout, Box::pin(authenticate(&hub, &mut conn))).await {
+            Ok(Ok(identity)) => identity,
+            Ok(Err(End::Refused(code, why))) => {
+                tracing::info!(%peer, ?code, "refused connection: {why}");
+                let _ = conn.send(Packet::ConnAck(ConnAck::new(code, false))).await;
+                return;
+            }
+            Ok(Err(end)) => {
+                tracing::debug!(%peer, %end, "connection ended before CONNECT");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no CONNECT in time");
+                return;
+            }
+        };
     let device_id = identity.device_id.clone();
     let (commands, mut inbox) = mpsc::channel(64);
     hub.register(&device_id, connection, commands);
     *registered = Some(device_id.clone());
     let session = format!("{}/{connection}", hub.store.node_id());
     if let Err(error) =
-        hub.store.publish(crate::store::Event::SessionOpened { device_id: device_id.clone(), session }).await
+        Box::pin(hub.store.publish(crate::store::Event::SessionOpened { device_id: device_id.clone(), session })).await
     {
         tracing::warn!(%error, "could not announce the session to other nodes");
     }
@@ -127,7 +136,9 @@ where
         (true, false) => Some(Some(MqttSession::default())),
         (true, true) => None,
     };
-    if let Err(error) = hub.store.set_connection(&device_id, true, identity.model_id.as_deref(), session).await {
+    if let Err(error) =
+        Box::pin(hub.store.set_connection(&device_id, true, identity.model_id.as_deref(), session)).await
+    {
         tracing::warn!(%error, device = %device_id, "could not record the connection");
     }
     if conn.send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present))).await.is_err() {
@@ -141,7 +152,7 @@ where
     let end = serve(&hub, &mut conn, &identity, &mut inbox, &mut state).await;
     tracing::info!(%peer, device = %device_id, %end, "device disconnected");
     if hub.unregister(&device_id, connection)
-        && let Err(error) = hub.store.set_connection(&device_id, false, None, None).await
+        && let Err(error) = Box::pin(hub.store.set_connection(&device_id, false, None, None)).await
     {
         tracing::warn!(%error, device = %device_id, "could not record the disconnection");
     }
@@ -206,7 +217,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             command = inbox.recv() => {
                 match command {
                     Some(Command::Desired(patch)) => {
-                        if let Err(end) = deliver_desired(conn, state, &patch).await {
+                        if let Err(end) = Box::pin(deliver_desired(conn, state, &patch)).await {
                             return end;
                         }
                         continue;
@@ -224,7 +235,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Err(end) => return end,
         };
         deadline = keep_alive.map(|k| Instant::now() + k);
-        if let Err(end) = handle(hub, conn, identity, state, packet).await {
+        if let Err(end) = Box::pin(handle(hub, conn, identity, state, packet)).await {
             return end;
         }
     }

@@ -10,7 +10,9 @@ pub(crate) mod frame;
 mod lease;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -128,30 +130,37 @@ impl Hub {
     ///
     /// A panic in the connection (a bug) ends this connection only: it is logged, and the
     /// device's session is removed here and recorded as disconnected, as at any other end.
-    pub async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    ///
+    /// The session's future is boxed: the task that awaits it (and whatever else that task did
+    /// before, such as the TLS handshake) then holds a pointer, not a second copy of the stream,
+    /// for every idle connection.
+    pub fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr) -> Pin<Box<impl Future<Output = ()> + Send>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let mut registered = None;
-        let outcome = std::panic::AssertUnwindSafe(connection::run(self.clone(), stream, peer, id, &mut registered))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = outcome {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|m| (*m).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(%peer, device = registered.as_deref().unwrap_or(""), panic = %message,
-                "a device connection panicked (a bug); closed it");
-            if let Some(device_id) = registered
-                && self.unregister(&device_id, id)
-                && let Err(error) = self.store.set_connection(&device_id, false, None, None).await
-            {
-                tracing::warn!(%error, device = %device_id, "could not record the disconnection");
+        Box::pin(async move {
+            let mut registered = None;
+            let outcome =
+                std::panic::AssertUnwindSafe(connection::run(self.clone(), stream, peer, id, &mut registered))
+                    .catch_unwind()
+                    .await;
+            if let Err(panic) = outcome {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|m| (*m).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(%peer, device = registered.as_deref().unwrap_or(""), panic = %message,
+                    "a device connection panicked (a bug); closed it");
+                if let Some(device_id) = registered
+                    && self.unregister(&device_id, id)
+                    && let Err(error) = self.store.set_connection(&device_id, false, None, None).await
+                {
+                    tracing::warn!(%error, device = %device_id, "could not record the disconnection");
+                }
             }
-        }
+        })
     }
 
     async fn on_event(&self, event: Event) {
