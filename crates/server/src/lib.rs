@@ -9,6 +9,7 @@ pub mod https;
 pub mod hub;
 pub mod ids;
 pub mod keystore;
+mod memory;
 pub mod rest;
 pub mod server;
 pub mod store;

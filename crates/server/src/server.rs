@@ -239,6 +239,10 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    // Connections ended since the heap was last trimmed (crate::memory), checked every 5 s.
+    let mut ended: u64 = 0;
+    let mut trim_check = tokio::time::interval(Duration::from_secs(5));
+    trim_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -253,7 +257,15 @@ where
             // Finished connections are reaped as they end, not at the next accept: a finished
             // task keeps its whole allocation until it is joined (after 19,000 devices left, the
             // node kept hundreds of megabytes until a new one came).
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                ended += 1;
+                continue;
+            }
+            _ = trim_check.tick(), if ended >= crate::memory::TRIM_AFTER_ENDED => {
+                ended = 0;
+                let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
+                continue;
+            }
         };
         connections.spawn(serve(stream, peer));
     }
