@@ -85,6 +85,15 @@ impl DeviceUpdate {
         Ok(snapshot)
     }
 
+    /// Deployments and updates only, without device counts (no `GROUP BY`; `buckets` and
+    /// `targets` are empty): for answers about a page of device records, which bring their own
+    /// facts and class ([`Snapshot::device_states`]), so that a page costs a page.
+    pub async fn deployments_snapshot(&self) -> Result<Snapshot, ServiceError> {
+        let (deployments, revisions): (Vec<StoredDeployment>, Vec<i64>) = self.deployments().await?.into_iter().unzip();
+        let updates = self.updates().await?;
+        Ok(Snapshot { now: now_rfc3339(), buckets: Vec::new(), targets: Vec::new(), deployments, revisions, updates })
+    }
+
     /// [`Self::snapshot_of`] every group.
     pub async fn snapshot(&self) -> Result<Snapshot, ServiceError> {
         self.snapshot_of(None).await
@@ -145,7 +154,17 @@ impl Snapshot {
 
     /// The deployment governing a subgroup now.
     pub fn governing(&self, group: &str, class_id: &str) -> Option<&StoredDeployment> {
-        let class = self.class(class_id);
+        self.governing_class(group, class_id, self.class(class_id))
+    }
+
+    /// [`Self::governing`] for a class given by the caller (a snapshot without device counts
+    /// knows no classes: a page of records brings its own).
+    pub fn governing_class(
+        &self,
+        group: &str,
+        class_id: &str,
+        class: Option<&DeviceClass>,
+    ) -> Option<&StoredDeployment> {
         deploy::governing(&self.deployments, group, class_id, &self.now, |d| {
             class.is_some_and(|c| self.update(&d.update).is_some_and(|u| c.accepts(&u.compatibility)))
         })

@@ -257,17 +257,20 @@ impl Snapshot {
         members: &'a [RecordRow],
     ) -> Option<Vec<DeviceDeploymentState<'a>>> {
         let subgroup = deployment.subgroups.get(class)?;
+        let known = self.class(class).cloned();
+        let device_class = known
+            .or_else(|| members.iter().find(|m| m.class_id == class).map(|m| DeviceClass::from_body(&m.class_body)));
+        // One governing deployment for the whole page: every member is of the same subgroup.
+        let governing = self.governing_class(&deployment.group_id, class, device_class.as_ref());
         let states = members
             .iter()
             .filter(|d| d.group_id == deployment.group_id && d.class_id == class)
             .filter(|d| deployment.target_devices.as_ref().is_none_or(|t| t.contains(&d.device_id)))
             .map(|device| {
                 let state = deploy::device_state(deployment, subgroup, &device.facts);
-                let moved_on =
-                    match self.device_deployment(&device.group_id, class, Some(&device.device_id), &device.facts) {
-                        Some((current, _)) => current.deployment_id != deployment.deployment_id,
-                        None => false,
-                    };
+                let moved_on = governing
+                    .and_then(|g| deploy::assignment(g, &self.deployments, class, Some(&device.device_id)))
+                    .is_some_and(|current| current.deployment.deployment_id != deployment.deployment_id);
                 let retry_count =
                     if subgroup.retry_devices.contains(&device.device_id) { subgroup.retry_count } else { 0 };
                 DeviceDeploymentState { device, state, moved_on, retry_count }

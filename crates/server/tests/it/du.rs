@@ -578,6 +578,21 @@ pub(crate) async fn a_rollback_policy_redeploys_to_the_failed_devices(backend: B
     assert_eq!(rollback["update"]["updateId"]["version"], "1.0");
     let status = deployment_status(&du, "south", "dep2").await;
     assert_eq!(status["subgroupStatus"][0]["deploymentState"], "Failed", "{status}");
+    // Each page of device states derives every device's state and whether it moved on (the
+    // failed device follows the rollback now) from its own record and the deployments.
+    let class = rollback["deviceClassSubgroups"][0].as_str().unwrap();
+    let states_of =
+        |id: &str| format!("/management/groups/south/deviceClassSubgroups/{class}/deployments/{id}/devicestates");
+    let (states, _) = du.list(&states_of("dep2")).await.unwrap();
+    let state_of = |id: &str| states.iter().find(|s| s["deviceId"] == id).cloned().unwrap_or_default();
+    assert_eq!(state_of("toaster-a")["deviceState"], "Succeeded", "{states:?}");
+    assert_eq!(state_of("toaster-a")["movedOnToNewDeployment"], false, "{states:?}");
+    assert_eq!(state_of("toaster-b")["deviceState"], "Failed", "{states:?}");
+    assert_eq!(state_of("toaster-b")["movedOnToNewDeployment"], true, "{states:?}");
+    let (rolled_back, _) = du.list(&states_of(rollback["deploymentId"].as_str().unwrap())).await.unwrap();
+    assert_eq!(rolled_back.len(), 1, "a rollback lists its targets only: {rolled_back:?}");
+    assert_eq!(rolled_back[0]["deviceId"], "toaster-b");
+    assert_eq!(rolled_back[0]["movedOnToNewDeployment"], false);
     assert!(
         tokio::time::timeout(Duration::from_millis(500), a.next_desired(Duration::from_millis(500)))
             .await

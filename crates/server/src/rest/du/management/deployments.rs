@@ -349,7 +349,12 @@ pub(in crate::rest::du) async fn subgroup_device_states(
     uri: Uri,
 ) -> Result<Json<Value>, DuError> {
     let filter = parse_filter(&uri, &["deviceId", "moduleId", "deviceState"])?;
-    let (snapshot, deployment) = find_subgroup_deployment(&state, &group, &class, &id).await?;
+    // The deployment record and the page of device records only: no device counts per page.
+    let snapshot = state.du.deployments_snapshot().await?;
+    let deployment = snapshot
+        .deployment(&group, &id)
+        .cloned()
+        .ok_or_else(|| DuError::not_found(format!("deployment {id} of group {group} not found")))?;
     let Some(subgroup) = deployment.subgroups.get(&class) else {
         return Err(DuError::not_found(format!("deployment {id} has not reached device class {class}")));
     };
