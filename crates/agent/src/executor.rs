@@ -169,12 +169,7 @@ impl Executor {
                 return Err(InstallResult::failure(ExtendedResultCode::UNSUPPORTED_MANIFEST_VERSION));
             }
         };
-        if !manifest.is_compatible_with(&self.device_properties) {
-            return Err(InstallResult::failure(erc::INCOMPATIBLE).with_details(format!(
-                "the update's compatibility {:?} does not match this device's {:?}",
-                manifest.compatibility, self.device_properties
-            )));
-        }
+        require_compatible(&manifest, &self.device_properties)?;
         let mut result = LastInstallResult::new(InstallResult::success(ResultCode::APPLY_SUCCESS));
         for (index, step) in manifest.steps.iter().enumerate() {
             if cancel.load(Ordering::SeqCst) {
@@ -352,6 +347,20 @@ pub fn restart_kind(code: ResultCode) -> Option<bool> {
     } else {
         None
     }
+}
+
+/// Refuses a manifest whose compatibility sets do not match `device_properties`.
+pub fn require_compatible(
+    manifest: &FullManifest,
+    device_properties: &IndexMap<String, String>,
+) -> Result<(), InstallResult> {
+    if manifest.is_compatible_with(device_properties) {
+        return Ok(());
+    }
+    Err(InstallResult::failure(erc::INCOMPATIBLE).with_details(format!(
+        "the update's compatibility {:?} does not match this device's {:?}",
+        manifest.compatibility, device_properties
+    )))
 }
 
 /// The failure to report for a manifest that cannot be used.

@@ -94,19 +94,8 @@ pub(crate) async fn run(args: DeployArgs) -> Result<bool> {
     let import_seconds = import_started.elapsed().as_secs_f64();
     eprintln!("deploy: imported loadgen/{model}/{version} in {import_seconds:.2} s; deploying to {}", args.group);
 
-    let deployment_id = format!("loadgen-{}", crate::common::unix_now());
-    let body = json!({"deploymentId": deployment_id, "groupId": args.group, "startDateTime": "2020-01-01T00:00:00Z",
-        "update": {"updateId": {"provider": "loadgen", "name": model, "version": version}}});
-    let started = Instant::now();
-    let url = format!(
-        "{base}/management/groups/{}/deployments/{deployment_id}?api-version=2022-10-01",
-        urlencode(&args.group)
-    );
-    let response = http.put(url).bearer_auth(&api_token).json(&body).send().await?;
-    let deployment_request_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if !response.status().is_success() {
-        bail!("creating the deployment: {}: {}", response.status(), response.text().await?);
-    }
+    let (started, deployment_request_ms, _) =
+        create_deployment(&http, &base, &api_token, &args.group, &model, &version).await?;
     let mut arrivals = Vec::new();
     let deadline = started + Duration::from_secs(args.timeout);
     while arrivals.len() < connected {
@@ -192,19 +181,8 @@ async fn run_populated(args: DeployArgs) -> Result<bool> {
         "deploy: imported loadgen/{}/{version} in {import_seconds:.2} s; deploying to {}",
         args.model, args.group
     );
-    let deployment_id = format!("loadgen-{}", crate::common::unix_now());
-    let body = json!({"deploymentId": deployment_id, "groupId": args.group, "startDateTime": "2020-01-01T00:00:00Z",
-        "update": {"updateId": {"provider": "loadgen", "name": args.model, "version": version}}});
-    let started = Instant::now();
-    let url = format!(
-        "{base}/management/groups/{}/deployments/{deployment_id}?api-version=2022-10-01",
-        urlencode(&args.group)
-    );
-    let response = http.put(url).bearer_auth(&api_token).json(&body).send().await?;
-    let deployment_request_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if !response.status().is_success() {
-        bail!("creating the deployment: {}: {}", response.status(), response.text().await?);
-    }
+    let (started, deployment_request_ms, response) =
+        create_deployment(&http, &base, &api_token, &args.group, &args.model, &version).await?;
     let deployment: Value = response.json().await?;
     let workflows: Vec<String> = deployment
         .get("subgroups")
@@ -400,4 +378,28 @@ async fn wait_for_deployment(conn: &mut MqttConn) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Creates deployment `loadgen-<unix time>` of `loadgen/MODEL/VERSION` to `group`, starting at
+/// once; returns when the request was sent, how long it took (ms) and the response.
+async fn create_deployment(
+    http: &reqwest::Client,
+    base: &str,
+    api_token: &str,
+    group: &str,
+    model: &str,
+    version: &str,
+) -> Result<(Instant, f64, reqwest::Response)> {
+    let deployment_id = format!("loadgen-{}", crate::common::unix_now());
+    let body = json!({"deploymentId": deployment_id, "groupId": group, "startDateTime": "2020-01-01T00:00:00Z",
+        "update": {"updateId": {"provider": "loadgen", "name": model, "version": version}}});
+    let started = Instant::now();
+    let url =
+        format!("{base}/management/groups/{}/deployments/{deployment_id}?api-version=2022-10-01", urlencode(group));
+    let response = http.put(url).bearer_auth(api_token).json(&body).send().await?;
+    let deployment_request_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if !response.status().is_success() {
+        bail!("creating the deployment: {}: {}", response.status(), response.text().await?);
+    }
+    Ok((started, deployment_request_ms, response))
 }

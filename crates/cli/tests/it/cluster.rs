@@ -14,7 +14,7 @@ fn binary() -> PathBuf {
 }
 
 /// Copies the files of `from` into a new directory `to` (keeping their modes).
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();

@@ -46,18 +46,28 @@ fn import_update(dir: &Path, admin: &Path, version: &str) {
         .success();
 }
 
-/// Runs `duhub simulate` with `args` to its end: exit code and report.
-fn simulate(dir: &Path, admin: &Path, args: &[&str]) -> (i32, Value) {
-    let output = Command::new(binary())
+/// `duhub simulate ARGS --json --admin ADMIN` in `dir`, without the caller's RUST_LOG.
+fn simulate_command(dir: &Path, admin: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command
         .current_dir(dir)
         .arg("simulate")
         .args(args)
         .args(["--json", "--admin"])
         .arg(admin)
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    command
+}
+
+/// [`simulate_command`] started with stdout and stderr piped.
+fn spawn_simulate(dir: &Path, admin: &Path, args: &[&str]) -> std::process::Child {
+    simulate_command(dir, admin, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Runs `duhub simulate` with `args` to its end: exit code and report.
+fn simulate(dir: &Path, admin: &Path, args: &[&str]) -> (i32, Value) {
+    let output = simulate_command(dir, admin, args).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.stdout.is_empty(), "no report; stderr:\n{stderr}");
     (output.status.code().unwrap_or(-1), json_of(&output.stdout))
@@ -241,11 +251,7 @@ async fn a_node_killed_mid_deployment_leaves_exact_counts() {
     let root = temp_dir();
     let (dir_a, dir_b) = (root.path().join("node-a"), root.path().join("node-b"));
     let node_a = ServeProcess::start(&binary(), &dir_a, Some(&database.url)).await.unwrap();
-    std::fs::create_dir_all(dir_b.join("tls")).unwrap();
-    for entry in std::fs::read_dir(dir_a.join("tls")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir_b.join("tls").join(path.file_name().unwrap())).unwrap();
-    }
+    crate::cluster::copy_dir(&dir_a.join("tls"), &dir_b.join("tls"));
     // Node B sends devices to node A for files, as a load balancer in front of both would.
     let mut node_b = ServeProcess::start_with_args(
         &binary(),
@@ -261,17 +267,21 @@ async fn a_node_killed_mid_deployment_leaves_exact_counts() {
                     [install]\nlatency_ms = [1500, 4000]\n";
     write_file(root.path(), "scenario.toml", scenario.as_bytes());
     let servers = format!("127.0.0.1:{},127.0.0.1:{}", node_a.mqtt.port(), node_b.mqtt.port());
-    let mut child = Command::new(binary())
-        .current_dir(root.path())
-        .args(["simulate", "--devices", "300", "--scenario", "scenario.toml", "--server", &servers])
-        .args(["--deploy", "contoso/sim/1.0", "--until-done", "--json", "--admin"])
-        .arg(&admin)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_simulate(
+        root.path(),
+        &admin,
+        &[
+            "--devices",
+            "300",
+            "--scenario",
+            "scenario.toml",
+            "--server",
+            &servers,
+            "--deploy",
+            "contoso/sim/1.0",
+            "--until-done",
+        ],
+    );
     // Kill node B once the deployment was requested (every install then takes 1.5 s or more).
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let (deployed_tx, deployed) = tokio::sync::oneshot::channel();
@@ -304,16 +314,7 @@ async fn without_a_deployment_it_runs_until_interrupted_and_stops_every_agent() 
     let root = temp_dir();
     let node = ServeProcess::start(&binary(), &root.path().join("node"), None).await.unwrap();
     let admin = admin_path(&node);
-    let mut child = Command::new(binary())
-        .current_dir(root.path())
-        .args(["simulate", "--devices", "20", "--json", "--admin"])
-        .arg(&admin)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_simulate(root.path(), &admin, &["--devices", "20"]);
     // Every device connected: the service says so.
     let service = node.service().unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duhub_agent::executor::{erc, manifest_failure, read_full_manifest, restart_kind};
+use duhub_agent::executor::{erc, manifest_failure, read_full_manifest, require_compatible, restart_kind};
 use duhub_agent::runtime::{JobFuture, JobRunner};
 use duhub_agent::workflow::{Job, Outcome};
 use duhub_proto::result::{ExtendedResultCode, InstallResult, ResultCode};
@@ -134,12 +134,7 @@ impl SimDevice {
                 return Err(InstallResult::failure(ExtendedResultCode::UNSUPPORTED_MANIFEST_VERSION));
             }
         };
-        if !manifest.is_compatible_with(&self.device_properties) {
-            return Err(InstallResult::failure(erc::INCOMPATIBLE).with_details(format!(
-                "the update's compatibility {:?} does not match this device's {:?}",
-                manifest.compatibility, self.device_properties
-            )));
-        }
+        require_compatible(&manifest, &self.device_properties)?;
         let mut result = LastInstallResult::new(InstallResult::success(ResultCode::APPLY_SUCCESS));
         for (index, step) in manifest.steps.iter().enumerate() {
             let step_result = match step {
