@@ -49,6 +49,7 @@ pub(super) fn serve(args: &ServeArgs) -> Result<Outcome> {
                 "serviceConnectionString": connection_string,
                 "database": duhub_server::server::redact(&config.database_url),
                 "deviceUpdate": format!("{}/deviceUpdate/{}", running.admin.https_url, running.admin.instance_id),
+                "dashboard": format!("{}/ui/", running.admin.https_url),
                 "keysDir": running.admin.keys_dir,
             }))?;
         } else {
@@ -75,6 +76,7 @@ fn banner(config: &Config, running: &duhub_server::server::Running, connection_s
     }
     println!("  database:                         {}", duhub_server::server::redact(&config.database_url));
     println!("  Device Update API:                {}/deviceUpdate/{}", admin.https_url, admin.instance_id);
+    println!("  dashboard:                        {}/ui/ (sign in with an API token)", admin.https_url);
     println!("  update signing keys:              {} (agents trust rootkeys.json)", admin.keys_dir.display());
     println!();
     println!("The server's certificate is issued by a private CA. Trust it where devices and tools connect:");
