@@ -234,7 +234,6 @@ pub(super) async fn apply_change(
         return Err(ChangeError::Store(StoreError::PreconditionFailed));
     }
     let mut twin = current.clone();
-    let before = current.clone();
     let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
     twin.version += 1;
     if desired_patch.is_some() {
@@ -243,8 +242,9 @@ pub(super) async fn apply_change(
     if reported {
         twin.reported_version += 1;
     }
+    // `current` still holds the twin as it was: the record compares against it.
+    let record_changed = super::record::apply_record(tx, Some(current), &twin).await?;
     current.clone_from(&twin);
-    let record_changed = super::record::apply_record(tx, Some(&before), &twin).await?;
     let Some(mut patch) = desired_patch else { return Ok((twin, None, record_changed)) };
     patch.insert("$version".into(), twin.desired_version.into());
     let patch = Value::Object(patch);
