@@ -642,9 +642,9 @@ pub struct DeploymentCreateArgs {
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     pub rollback_failed_percent: Option<u8>,
-    /// A phased rollout.
+    /// A phased rollout (boxed: most deployments have none).
     #[command(flatten)]
-    pub rollout: RolloutArgs,
+    pub rollout: Box<RolloutArgs>,
     /// Where the server is.
     #[command(flatten)]
     pub du: DuArgs,
