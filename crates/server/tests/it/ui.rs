@@ -326,4 +326,38 @@ pub(crate) async fn pages_show_groups_deployments_and_decoded_results(backend: B
             break;
         }
     }
+
+    // A phased rollout (issue 15): its panel, and a control recorded with the session's token name.
+    // (It starts now, after d1, so that it governs the group.)
+    let start = duhub_server::ids::now_rfc3339();
+    let rollout = json!({"deploymentId": "d2", "groupId": "lab", "startDateTime": start,
+        "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "2.0"}},
+        "rollout": {"waves": ["50%", "100%"], "approveWaves": true}});
+    let path = "/management/groups/lab/deployments/d2";
+    server.du().expect(reqwest::Method::PUT, path, Some(&rollout), StatusCode::OK).await.unwrap();
+    eventually("the rollout's panel", WAIT, || async {
+        let page = browser.page("/ui/deployments/lab/d2").await;
+        if page.contains("Phased rollout") && page.contains("</span></span> wave 1 of 2") {
+            Ok(page)
+        } else {
+            Err(page)
+        }
+    })
+    .await;
+    let control = |action: &'static str, csrf: Option<String>| {
+        let (browser, origin) = (&browser, origin.clone());
+        async move {
+            let mut form = vec![("action", action.to_owned())];
+            form.extend(csrf.map(|c| ("csrf", c)));
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            browser.post("/ui/deployments/lab/d2/rollout", &form, Some(&origin)).await.status()
+        }
+    };
+    assert_eq!(control("pause", None).await, StatusCode::FORBIDDEN, "no CSRF token");
+    assert_eq!(control("pause", Some(csrf.clone())).await, StatusCode::SEE_OTHER);
+    let page = browser.page("/ui/deployments/lab/d2").await;
+    assert!(page.contains(">Paused</span>") && page.contains("operator (admin)"), "{page}");
+    assert!(page.contains("name=\"action\" value=\"resume\""), "{page}");
+    assert_eq!(control("pause", Some(csrf.clone())).await, StatusCode::CONFLICT, "already paused");
+    assert_eq!(control("jump", Some(csrf)).await, StatusCode::BAD_REQUEST);
 }
