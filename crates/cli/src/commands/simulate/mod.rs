@@ -329,6 +329,7 @@ impl Rehearsal<'_> {
             rollback_update: None,
             rollback_failed_count: None,
             rollback_failed_percent: None,
+            rollout: crate::cli::RolloutArgs::default(),
             du: crate::cli::DuArgs {
                 admin: self.args.du.admin.clone(),
                 instance: self.args.du.instance.clone(),
