@@ -117,6 +117,8 @@ pub struct DeviceUpdate {
     wake: Notify,
     /// Passes of the reconciler never overlap (on this node).
     reconciling: tokio::sync::Mutex<()>,
+    /// Snapshots of the database's current data version.
+    snapshots: snapshot::SnapshotCache,
 }
 
 impl DeviceUpdate {
@@ -147,6 +149,7 @@ impl DeviceUpdate {
             http: http.build()?,
             wake: Notify::new(),
             reconciling: tokio::sync::Mutex::new(()),
+            snapshots: snapshot::SnapshotCache::default(),
         }))
     }
 

@@ -122,6 +122,11 @@ const STEPS: &[&str] = &[
     CREATE INDEX nodes_by_lease ON nodes (lease_until_ms);
     ALTER TABLE devices ADD COLUMN connected_node TEXT;
     CREATE INDEX devices_by_connected_node ON devices (connected_node);",
+    // Read paths at 100,000 devices: a group's records in device id order (keyset pages of the
+    // dashboard's deployment and group pages, without sorting the group), and the count of
+    // connected devices (the overview) without reading every twin.
+    "CREATE INDEX du_device_members ON du_device (group_id, device_id);
+    CREATE INDEX devices_by_connection_state ON devices (connection_state);",
 ];
 
 /// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an
