@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use duhub_proto::result::ResultCode;
 use duhub_proto::twin::{AgentProperties, AgentState, UpdateAction, Workflow};
 use duhub_proto::update_id::UpdateId;
+use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -66,7 +67,7 @@ impl DuRecord {
     pub fn of(tags: &Map<String, Value>, desired: &Map<String, Value>, reported: &Map<String, Value>) -> Option<Self> {
         let agent_json = reported.get("deviceUpdate")?.get("agent")?;
         let properties = agent_json.get("deviceProperties")?.as_object()?;
-        let agent: AgentProperties = serde_json::from_value(agent_json.clone()).unwrap_or_default();
+        let agent = AgentProperties::deserialize(agent_json).unwrap_or_default();
         let names = agent_json
             .get("compatPropertyNames")
             .and_then(Value::as_str)
@@ -84,12 +85,7 @@ impl DuRecord {
         let contract_model = properties.get("contractModelId").and_then(Value::as_str).map(str::to_owned);
         let group = tags.get(GROUP_TAG).and_then(Value::as_str).filter(|g| !g.is_empty());
         let installed = agent.installed_update_id.as_deref().and_then(UpdateId::from_installed_update_id);
-        let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
-        let desired = Workflow {
-            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
-            id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
-            retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
-        };
+        let desired = desired_workflow(desired);
         Some(Self {
             group_id: group.unwrap_or(DEFAULT_GROUP).to_owned(),
             tagged: group.is_some(),
@@ -100,6 +96,12 @@ impl DuRecord {
             installed,
             desired,
         })
+    }
+
+    /// This record with the desired workflow of `desired` (the desired properties): the record
+    /// of a twin whose desired properties alone changed.
+    pub fn with_desired_of(&self, desired: &Map<String, Value>) -> Self {
+        Self { desired: desired_workflow(desired), ..self.clone() }
     }
 
     /// Whether `other` differs from this record in its desired workflow only.
@@ -143,6 +145,16 @@ impl DuRecord {
     }
 }
 
+/// The workflow in desired `deviceUpdate.service`.
+fn desired_workflow(desired: &Map<String, Value>) -> Workflow {
+    let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
+    Workflow {
+        action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
+        id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
+        retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
+    }
+}
+
 /// The stored form of an installed update id (`{"provider","name","version"}`, compact).
 fn installed_text(id: &UpdateId) -> String {
     json!({"provider": id.provider, "name": id.name, "version": id.version}).to_string()
@@ -171,18 +183,16 @@ pub(super) struct PendingRecords {
 }
 
 impl PendingRecords {
-    /// Notes a twin change from `before` to `twin` (in the batch, in order); returns whether it
-    /// altered the device's record.
-    pub(super) fn note(&mut self, before: &Twin, twin: &Twin) -> bool {
-        let record = DuRecord::of_twin(twin);
-        let previous = DuRecord::of_twin(before);
+    /// Notes that a twin change (in the batch, in order) took a device's record from `previous`
+    /// to `record`; returns whether it altered it.
+    pub(super) fn note(&mut self, device_id: &str, previous: Option<DuRecord>, record: Option<DuRecord>) -> bool {
         if previous == record {
             return false;
         }
-        match self.records.entry(twin.device_id.clone()) {
+        match self.records.entry(device_id.to_owned()) {
             std::collections::btree_map::Entry::Occupied(mut entry) => entry.get_mut().1 = record,
-            // The first change of the device in the batch: `before` is the twin as read, so
-            // its record is the stored one (they are written together).
+            // The first change of the device in the batch: `previous` is the record of the twin
+            // as read, so the stored one (they are written together).
             std::collections::btree_map::Entry::Vacant(entry) => {
                 entry.insert((previous, record));
             }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::devices::DeviceStatus;
 use super::events::NOTIFY_CHANNEL;
+use super::record::DuRecord;
 use super::writer::{ChangeError, ROWS_PER_STATEMENT, Twins, Write, Written};
 use super::{Event, Store, StoreError};
 use crate::ids::now_rfc3339;
@@ -140,7 +141,7 @@ impl Store {
                 outcomes[index] = self.finish_member(answer, &mut record_changed).await;
             }
             let edit = TwinEdit::ReplaceMember { component: component.clone(), member: member.clone(), value };
-            let change = TwinChange { device_id, if_match: None, edit };
+            let change = TwinChange { device_id, if_match: None, edit, answer_twin: false };
             let index = outcomes.len();
             outcomes.push(Ok(()));
             match self.submit(Write::Twin(change)).await {
@@ -183,15 +184,20 @@ impl Store {
     }
 
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
-        let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
+        let request = TwinChange {
+            device_id: device_id.to_owned(),
+            if_match: if_match.map(str::to_owned),
+            edit,
+            answer_twin: true,
+        };
         match self.write(Write::Twin(request)).await? {
-            Written::Twin(twin, record_changed) => {
+            Written::Twin(Some(twin), record_changed) => {
                 if record_changed {
                     self.records_changed.notify_one();
                 }
                 Ok(*twin)
             }
-            Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
+            Written::Twin(None, _) | Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
         }
     }
 }
@@ -218,6 +224,13 @@ struct Change {
 }
 
 impl TwinEdit {
+    /// Whether the edit changes desired properties only (so not what the Device Update record
+    /// takes from tags and reported properties).
+    fn desired_only(&self) -> bool {
+        matches!(self, Self::Desired(_) | Self::ReplaceMember { .. })
+    }
+
+    /// Applies the edit to `twin`; an edit that is refused leaves it as it was.
     fn apply(&self, twin: &mut Twin) -> Result<Change, StoreError> {
         match self {
             Self::Desired(patch) => {
@@ -239,12 +252,15 @@ impl TwinEdit {
                 Ok(Change { desired_patch: Some(strip_version(&patch)), reported: false })
             }
             Self::Replace { tags, desired } => {
+                // Both checked before either is applied: a refused edit changes nothing.
+                let tags = tags.as_ref().map(|tags| twin_doc::apply_patch(&Map::new(), tags, Section::Tags)).transpose()?;
+                let desired =
+                    desired.as_ref().map(|d| twin_doc::apply_patch(&Map::new(), d, Section::Desired)).transpose()?;
                 if let Some(tags) = tags {
-                    twin.tags = twin_doc::apply_patch(&Map::new(), tags, Section::Tags)?;
+                    twin.tags = tags;
                 }
                 let mut desired_patch = None;
-                if let Some(desired) = desired {
-                    let replacement = twin_doc::apply_patch(&Map::new(), desired, Section::Desired)?;
+                if let Some(replacement) = desired {
                     // Devices receive the new document plus nulls for the removed members.
                     let mut patch = replacement.clone();
                     for key in twin.desired.keys() {
@@ -267,6 +283,8 @@ pub(super) struct TwinChange {
     pub(super) device_id: String,
     pub(super) if_match: Option<String>,
     pub(super) edit: TwinEdit,
+    /// Whether the writer answers with the new twin (a copy); bulk writes do without.
+    pub(super) answer_twin: bool,
 }
 
 /// The twin columns, in the order [`twin_from_row`] reads them.
@@ -291,7 +309,7 @@ pub(super) async fn apply_change(
     twins: &mut Twins,
     request: &TwinChange,
     notify_node: Option<Arc<str>>,
-) -> Result<(Twin, Option<Event>, bool), ChangeError> {
+) -> Result<(Option<Twin>, Option<Event>, bool), ChangeError> {
     let device_id = request.device_id.as_str();
     let (current, records) =
         twins.twin_and_records(device_id).ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
@@ -300,24 +318,30 @@ pub(super) async fn apply_change(
     {
         return Err(ChangeError::Store(StoreError::PreconditionFailed));
     }
-    let mut twin = current.clone();
-    let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
-    twin.version += 1;
+    let previous = DuRecord::of_twin(current);
+    // In place: a refused edit leaves the batch's twin as it was.
+    let Change { desired_patch, reported } = request.edit.apply(current)?;
+    current.version += 1;
     if desired_patch.is_some() {
-        twin.desired_version += 1;
+        current.desired_version += 1;
     }
     if reported {
-        twin.reported_version += 1;
+        current.reported_version += 1;
     }
-    // `current` still holds the twin as it was: the record compares against it.
-    let record_changed = records.note(current, &twin);
-    current.clone_from(&twin);
+    let record = match &previous {
+        // Tags and reported properties are as they were: only the desired workflow can differ.
+        Some(previous) if request.edit.desired_only() => Some(previous.with_desired_of(&current.desired)),
+        _ => DuRecord::of_twin(current),
+    };
+    let record_changed = records.note(device_id, previous, record);
+    let twin = request.answer_twin.then(|| current.clone());
+    let desired_version = current.desired_version;
     let Some(mut patch) = desired_patch else { return Ok((twin, None, record_changed)) };
-    patch.insert("$version".into(), twin.desired_version.into());
+    patch.insert("$version".into(), desired_version.into());
     let patch = Value::Object(patch);
-    twins.desired_patches.push((device_id.to_owned(), twin.desired_version, patch.to_string()));
+    twins.desired_patches.push((device_id.to_owned(), desired_version, patch.to_string()));
     if let Some(node) = notify_node {
-        let payload = serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": twin.desired_version});
+        let payload = serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": desired_version});
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
             .bind(payload.to_string())
@@ -325,7 +349,7 @@ pub(super) async fn apply_change(
             .await?;
     }
     let event =
-        Event::DesiredChanged { device_id: device_id.to_owned(), version: twin.desired_version, patch: Some(patch) };
+        Event::DesiredChanged { device_id: device_id.to_owned(), version: desired_version, patch: Some(Arc::new(patch)) };
     Ok((twin, Some(event), record_changed))
 }
 

@@ -127,8 +127,8 @@ impl Write {
 /// What a write produced.
 #[derive(Debug)]
 pub(super) enum Written {
-    /// The new twin, and whether its Device Update record changed.
-    Twin(Box<Twin>, bool),
+    /// The new twin (if asked for), and whether its Device Update record changed.
+    Twin(Option<Box<Twin>>, bool),
     Done,
 }
 
@@ -330,7 +330,7 @@ async fn apply_batch(
     for (job, _) in batch {
         outcomes.push(match job {
             Write::Twin(change) => match apply_change(tx, &mut twins, change, notify.cloned()).await {
-                Ok((twin, event, record_changed)) => Ok((Written::Twin(Box::new(twin), record_changed), event)),
+                Ok((twin, event, record_changed)) => Ok((Written::Twin(twin.map(Box::new), record_changed), event)),
                 Err(ChangeError::Store(StoreError::Database(error))) => return Err(StoreError::Database(error).into()),
                 Err(ChangeError::Store(error)) => Err(error),
                 Err(ChangeError::Conflict) => return Err(ChangeError::Conflict),
