@@ -67,6 +67,7 @@ suite! {
     twin::a_reconnecting_device_sees_the_latest_desired_properties,
     twin::patches_breaking_the_twin_limits_are_refused_and_change_nothing,
     twin::concurrent_twin_and_registry_writes_all_succeed,
+    twin::a_desired_member_replaced_on_many_devices_is_a_patch_against_each_twin,
     isolation::a_device_cannot_reach_another_devices_topics_or_twin,
     rest::rest_requests_need_a_valid_service_token,
     rest::devices_are_created_listed_read_and_deleted,
