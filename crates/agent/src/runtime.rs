@@ -58,6 +58,10 @@ pub trait Observer: Send + Sync {
     fn ready(&self) {}
     /// The connection ended (the agent reconnects unless it stops).
     fn disconnected(&self) {}
+    /// A desired patch arrived (before the workflow core sees it).
+    fn desired(&self, patch: &Value) {
+        let _ = patch;
+    }
     /// The hub acknowledged this reported patch (204).
     fn reported(&self, patch: &Value) {
         let _ = patch;
@@ -332,6 +336,9 @@ impl Agent {
             tokio::select! {
                 patch = link.desired.recv() => {
                     let Some(patch) = patch else { return Ok(SessionEnd::Lost) };
+                    if let Some(observer) = &self.observer {
+                        observer.desired(&patch);
+                    }
                     match DesiredService::locate(&patch) {
                         Ok(Some(desired)) => {
                             let actions = core.handle(Event::Desired(desired));
