@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use duhub_agent::runtime::{Agent, AgentOptions, Stopped};
+use duhub_agent::runtime::{Agent, AgentOptions, StateStore, Stopped};
 use duhub_agent::settings::{Settings, Transport};
 use duhub_proto::root_key::{RootKeyPackage, parse_root_key_list};
 use duhub_proto::trust::TrustStore;
@@ -170,7 +170,7 @@ async fn run(args: &SimulateArgs, scenario: Scenario, plan: Vec<DevicePlan>, see
             servers: device_servers,
             source: (!args.sources.is_empty()).then(|| args.sources[index % args.sources.len()]),
             device_information: Some(device_information),
-            durable: false,
+            state: StateStore::Memory(Arc::default()),
             reboot_stops: true,
             observer: Some(fleet.observer(index)),
         };
