@@ -14,6 +14,7 @@ mod hardening;
 mod keys;
 mod manifest;
 mod readme;
+mod rollout;
 mod simulate;
 mod support;
 mod update;

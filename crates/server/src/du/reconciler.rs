@@ -89,7 +89,7 @@ impl DeviceUpdate {
     async fn pass(&self, write: bool) -> Result<Pass, ServiceError> {
         let _pass = self.reconciling.lock().await;
         let snapshot = self.snapshot().await?;
-        let mut changed = false;
+        let (mut changed, rollout_timer) = if write { self.drive_rollouts(&snapshot).await? } else { (false, None) };
         let pairs: BTreeSet<(String, String)> =
             snapshot.buckets.iter().map(|b| (b.group_id.clone(), b.class.id.clone())).collect();
         let mut writes: Vec<(String, Arc<Value>)> = Vec::new();
@@ -122,6 +122,8 @@ impl DeviceUpdate {
                     class_id: Some(class_id.clone()),
                     workflow_id: None,
                     not_desired: Some((subgroup.workflow_id.clone(), action.code())),
+                    // A rollout tells only the members it started.
+                    started_in: governing.rollout.as_ref().map(|_| governing.deployment_id.clone()),
                 };
                 // Retried devices and rollback targets are told something else than the
                 // subgroup's workflow: their records are read by id (they are few).
@@ -133,6 +135,10 @@ impl DeviceUpdate {
                 if !special.is_empty() {
                     special.sort();
                     special.dedup();
+                    if governing.rollout.is_some() {
+                        special =
+                            self.store.started_rollout_members(&group, &governing.deployment_id, &special).await?;
+                    }
                     let known: BTreeSet<String> = rows.iter().map(|r| r.device_id.clone()).collect();
                     rows.extend(
                         self.store
@@ -210,12 +216,16 @@ impl DeviceUpdate {
                 Some(_) => failed_writes += 1,
             }
         }
-        let next_start =
-            snapshot.deployments.iter().filter_map(|d| deploy::time_until(&d.start_date_time, &snapshot.now)).min();
+        let next_start = snapshot
+            .deployments
+            .iter()
+            .filter_map(|d| deploy::time_until(&d.start_date_time, &snapshot.now))
+            .chain(rollout_timer)
+            .min();
         Ok(Pass { changed, next_start, failed_writes })
     }
 
-    async fn start_rollback(
+    pub(in crate::du) async fn start_rollback(
         &self,
         governing: &StoredDeployment,
         class: &str,
@@ -249,6 +259,7 @@ impl DeviceUpdate {
             excluded_subgroups: BTreeSet::new(),
             target_devices: Some(failed.clone()),
             target_device_class: Some(class.to_owned()),
+            rollout: None,
         };
         let body = serde_json::to_string(&rollback).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
         self.store.put_deployment(&governing.group_id, &rollback_id, &body, None).await?;

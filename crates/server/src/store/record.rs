@@ -263,7 +263,7 @@ impl Facts {
         serde_json::from_str(self.installed_update.as_deref()?).ok()
     }
 
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
             workflow_id: row.try_get("workflow_id")?,
             agent_state: row.try_get("agent_state")?,
@@ -318,6 +318,8 @@ pub struct RecordFilter {
     pub workflow_id: Option<String>,
     /// Only devices whose desired workflow differs from (id, action) or has a retry timestamp.
     pub not_desired: Option<(String, i64)>,
+    /// Only started members of this rollout deployment (of `group_id`).
+    pub started_in: Option<String>,
 }
 
 const ROW_COLUMNS: &str = "device_id, group_id, class_id, class_body, workflow_id, agent_state, result_code, \
@@ -390,6 +392,8 @@ impl Store {
              AND ($3 IS NULL OR workflow_id = $3) AND ($4 IS NULL OR device_id > $4) \
              AND ($5 IS NULL OR desired_workflow_id IS NULL OR desired_workflow_id <> $5 \
                   OR desired_action IS NULL OR desired_action <> $6 OR desired_retry IS NOT NULL) \
+             AND ($8 IS NULL OR EXISTS (SELECT 1 FROM du_rollout_member m WHERE m.group_id = du_device.group_id \
+                  AND m.deployment_id = $8 AND m.device_id = du_device.device_id AND m.started_ms IS NOT NULL)) \
              ORDER BY device_id LIMIT $7"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -400,6 +404,7 @@ impl Store {
             .bind(not_id)
             .bind(not_action)
             .bind(limit)
+            .bind(filter.started_in.as_deref())
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(record_row).collect()

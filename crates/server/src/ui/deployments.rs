@@ -180,6 +180,7 @@ fn deployment_of(form: &CreateForm) -> Result<StoredDeployment, String> {
         excluded_subgroups: Default::default(),
         target_devices: None,
         target_device_class: None,
+        rollout: None,
     })
 }
 

@@ -164,6 +164,7 @@ fn deployment(workflow: usize, version: usize, canceled: bool, group: &str, clas
         excluded_subgroups: Default::default(),
         target_devices: None,
         target_device_class: None,
+        rollout: None,
     }
 }
 
