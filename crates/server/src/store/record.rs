@@ -3,7 +3,7 @@
 //! and what the service last asked of it (desired workflow), plus its connection state.
 //!
 //! The record is derived from the twin by [`DuRecord::of`] (the only derivation: `du::fleet`
-//! builds its `DeviceView` from it too) and written by [`apply_record`] in the same transaction
+//! builds its `DeviceView` from it too) and written by [`PendingRecords`] in the same transaction
 //! as the twin change that alters it, so record and twin never disagree, not even after a
 //! kill -9. Status, compliance, groups, classes and device lists read it with indexed queries
 //! and `GROUP BY` instead of parsing every twin. A one-time backfill ([`Store::backfill_records`])
@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 use duhub_proto::result::ResultCode;
 use duhub_proto::twin::{AgentProperties, AgentState, UpdateAction, Workflow};
 use duhub_proto::update_id::UpdateId;
+use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::twins::Twin;
+use super::writer::ROWS_PER_STATEMENT;
 use super::{Store, StoreError};
 use crate::ids::now_rfc3339;
 
@@ -65,7 +67,7 @@ impl DuRecord {
     pub fn of(tags: &Map<String, Value>, desired: &Map<String, Value>, reported: &Map<String, Value>) -> Option<Self> {
         let agent_json = reported.get("deviceUpdate")?.get("agent")?;
         let properties = agent_json.get("deviceProperties")?.as_object()?;
-        let agent: AgentProperties = serde_json::from_value(agent_json.clone()).unwrap_or_default();
+        let agent = AgentProperties::deserialize(agent_json).unwrap_or_default();
         let names = agent_json
             .get("compatPropertyNames")
             .and_then(Value::as_str)
@@ -83,12 +85,7 @@ impl DuRecord {
         let contract_model = properties.get("contractModelId").and_then(Value::as_str).map(str::to_owned);
         let group = tags.get(GROUP_TAG).and_then(Value::as_str).filter(|g| !g.is_empty());
         let installed = agent.installed_update_id.as_deref().and_then(UpdateId::from_installed_update_id);
-        let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
-        let desired = Workflow {
-            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
-            id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
-            retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
-        };
+        let desired = desired_workflow(desired);
         Some(Self {
             group_id: group.unwrap_or(DEFAULT_GROUP).to_owned(),
             tagged: group.is_some(),
@@ -99,6 +96,24 @@ impl DuRecord {
             installed,
             desired,
         })
+    }
+
+    /// This record with the desired workflow of `desired` (the desired properties): the record
+    /// of a twin whose desired properties alone changed.
+    pub fn with_desired_of(&self, desired: &Map<String, Value>) -> Self {
+        Self { desired: desired_workflow(desired), ..self.clone() }
+    }
+
+    /// Whether `other` differs from this record in its desired workflow only.
+    fn same_but_desired(&self, other: &Self) -> bool {
+        let Self { group_id, tagged, class_id, compat, contract_model, agent, installed, desired: _ } = self;
+        *group_id == other.group_id
+            && *tagged == other.tagged
+            && *class_id == other.class_id
+            && *compat == other.compat
+            && *contract_model == other.contract_model
+            && *agent == other.agent
+            && *installed == other.installed
     }
 
     /// The record of a twin.
@@ -130,6 +145,16 @@ impl DuRecord {
     }
 }
 
+/// The workflow in desired `deviceUpdate.service`.
+fn desired_workflow(desired: &Map<String, Value>) -> Workflow {
+    let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
+    Workflow {
+        action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
+        id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
+        retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
+    }
+}
+
 /// The stored form of an installed update id (`{"provider","name","version"}`, compact).
 fn installed_text(id: &UpdateId) -> String {
     json!({"provider": id.provider, "name": id.name, "version": id.version}).to_string()
@@ -148,27 +173,94 @@ struct Columns {
     desired_retry: Option<String>,
 }
 
-/// Brings the record of `twin` up to date inside `tx` when the change from `before` altered
-/// it (or always, when `before` is `None`): upserts it, or deletes it when the device no longer
-/// has an agent. Called in the transaction of every twin change, so record and twin commit
-/// together. Returns whether the record changed.
-pub(super) async fn apply_record(
-    tx: &mut sqlx::AnyConnection,
-    before: Option<&Twin>,
-    twin: &Twin,
-) -> Result<bool, StoreError> {
-    let record = DuRecord::of_twin(twin);
-    let previous = before.map(DuRecord::of_twin);
-    if previous.as_ref() == Some(&record) {
-        return Ok(false);
-    }
-    match record {
-        None => {
-            sqlx::query("DELETE FROM du_device WHERE device_id = $1").bind(&twin.device_id).execute(&mut *tx).await?;
+/// The records a writer batch changes, written together before its commit ([`Self::write`]):
+/// a batch of desired writes (a deployment) then updates the desired workflow of all its
+/// devices in a few multi-row statements instead of one upsert each.
+#[derive(Default)]
+pub(super) struct PendingRecords {
+    /// Device id -> its record as stored when the batch began, and as the batch leaves it.
+    records: BTreeMap<String, (Option<DuRecord>, Option<DuRecord>)>,
+}
+
+impl PendingRecords {
+    /// Notes that a twin change (in the batch, in order) took a device's record from `previous`
+    /// to `record`; returns whether it altered it.
+    pub(super) fn note(&mut self, device_id: &str, previous: Option<DuRecord>, record: Option<DuRecord>) -> bool {
+        if previous == record {
+            return false;
         }
-        Some(record) => upsert(tx, &twin.device_id, &record, &twin.connection_state, false).await?,
+        match self.records.entry(device_id.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(mut entry) => entry.get_mut().1 = record,
+            // The first change of the device in the batch: `previous` is the record of the twin
+            // as read, so the stored one (they are written together).
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert((previous, record));
+            }
+        }
+        true
     }
-    Ok(true)
+
+    /// Writes the records inside `tx`: deleted when the device no longer has an agent, only the
+    /// desired workflow when nothing else changed, else upserted. `connection_state` gives a
+    /// device's connection state as the batch leaves it (for a new record).
+    pub(super) async fn write(
+        self,
+        tx: &mut sqlx::AnyConnection,
+        connection_state: impl Fn(&str) -> String,
+    ) -> Result<(), StoreError> {
+        let mut desired_only: Vec<(String, DuRecord)> = Vec::new();
+        for (device_id, (stored, record)) in self.records {
+            match (stored, record) {
+                (stored, record) if stored == record => {}
+                (_, None) => {
+                    sqlx::query("DELETE FROM du_device WHERE device_id = $1")
+                        .bind(&device_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                (Some(stored), Some(record)) if stored.same_but_desired(&record) => {
+                    desired_only.push((device_id, record));
+                }
+                (_, Some(record)) => {
+                    let state = connection_state(&device_id);
+                    upsert(tx, &device_id, &record, &state, false).await?;
+                }
+            }
+        }
+        let now = now_rfc3339();
+        for chunk in desired_only.chunks(ROWS_PER_STATEMENT) {
+            let rows = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${}, ${})", i * 4 + 2, i * 4 + 3, i * 4 + 4, i * 4 + 5))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "WITH v (id, workflow_id, action, retry) AS (VALUES {rows}) \
+                 UPDATE du_device SET desired_workflow_id = v.workflow_id, desired_action = v.action, \
+                 desired_retry = v.retry, updated_at = $1 FROM v WHERE du_device.device_id = v.id RETURNING device_id"
+            );
+            // Only numbered placeholders are formatted into the text; the values are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
+            for (device_id, record) in chunk {
+                query = query
+                    .bind(device_id.as_str())
+                    .bind(record.desired.id.as_deref())
+                    .bind(record.desired.action.map(UpdateAction::code))
+                    .bind(record.desired.retry_timestamp.as_deref());
+            }
+            let updated = query.fetch_all(&mut *tx).await?;
+            if updated.len() != chunk.len() {
+                // A record the twin implied but the table lacked (it cannot happen while both
+                // are written together): write the missing ones whole.
+                let updated: std::collections::BTreeSet<String> =
+                    updated.iter().map(|row| row.try_get("device_id")).collect::<Result<_, _>>()?;
+                for (device_id, record) in chunk.iter().filter(|(id, _)| !updated.contains(id)) {
+                    let state = connection_state(device_id);
+                    upsert(tx, device_id, record, &state, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn upsert(
@@ -322,6 +414,18 @@ pub struct RecordFilter {
     pub started_in: Option<String>,
 }
 
+/// A value bound to a query built from the conditions a caller asked for.
+enum Bind {
+    Text(Option<String>),
+    Integer(Option<i64>),
+}
+
+/// Adds `bind` to `binds`; its placeholder (`$N`).
+fn param(binds: &mut Vec<Bind>, bind: Bind) -> String {
+    binds.push(bind);
+    format!("${}", binds.len())
+}
+
 const ROW_COLUMNS: &str = "device_id, group_id, class_id, class_body, workflow_id, agent_state, result_code, \
      installed_update, desired_workflow_id, desired_action, desired_retry, connection_state";
 
@@ -355,16 +459,24 @@ impl Store {
         group_id: Option<&str>,
         class_id: Option<&str>,
     ) -> Result<Vec<RecordBucket>, StoreError> {
-        let rows = sqlx::query(
+        // Only the conditions asked for, so that the planner sees a range of the index
+        // (`$1 IS NULL OR group_id = $1` would make it read every group's entries).
+        let condition = match (group_id, class_id) {
+            (None, None) => "",
+            (Some(_), None) => "WHERE group_id = $1",
+            (None, Some(_)) => "WHERE class_id = $1",
+            (Some(_), Some(_)) => "WHERE group_id = $1 AND class_id = $2",
+        };
+        let sql = format!(
             "SELECT group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update, \
-             COUNT(*) AS devices FROM du_device \
-             WHERE ($1 IS NULL OR group_id = $1) AND ($2 IS NULL OR class_id = $2) \
-             GROUP BY group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update",
-        )
-        .bind(group_id)
-        .bind(class_id)
-        .fetch_all(&self.pool)
-        .await?;
+             COUNT(*) AS devices FROM du_device {condition} \
+             GROUP BY group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in [group_id, class_id].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok(RecordBucket {
@@ -385,28 +497,82 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RecordRow>, StoreError> {
-        let (not_id, not_action) = filter.not_desired.clone().unzip();
-        let sql = format!(
-            "SELECT {ROW_COLUMNS} FROM du_device \
-             WHERE ($1 IS NULL OR group_id = $1) AND ($2 IS NULL OR class_id = $2) \
-             AND ($3 IS NULL OR workflow_id = $3) AND ($4 IS NULL OR device_id > $4) \
-             AND ($5 IS NULL OR desired_workflow_id IS NULL OR desired_workflow_id <> $5 \
-                  OR desired_action IS NULL OR desired_action <> $6 OR desired_retry IS NOT NULL) \
-             AND ($8 IS NULL OR EXISTS (SELECT 1 FROM du_rollout_member m WHERE m.group_id = du_device.group_id \
-                  AND m.deployment_id = $8 AND m.device_id = du_device.device_id AND m.started_ms IS NOT NULL)) \
-             ORDER BY device_id LIMIT $7"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.group_id.as_deref())
-            .bind(filter.class_id.as_deref())
-            .bind(filter.workflow_id.as_deref())
-            .bind(after)
-            .bind(not_id)
-            .bind(not_action)
-            .bind(limit)
-            .bind(filter.started_in.as_deref())
-            .fetch_all(&self.pool)
-            .await?;
+        self.records_reporting(filter, None, after, limit).await
+    }
+
+    /// [`Self::records`], with `facts` only those of one of these classes reporting the paired
+    /// facts (an empty list matches none): the devices in some deployment state, which status
+    /// computes from the [`Facts`] of each class.
+    pub async fn records_reporting(
+        &self,
+        filter: &RecordFilter,
+        facts: Option<&[(String, Facts)]>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        // Only the conditions asked for: a condition like `$4 IS NULL OR device_id > $4` would
+        // hide the keyset range from the planner, and every page would read the list from its
+        // start.
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        if let Some(group) = &filter.group_id {
+            conditions.push(format!("group_id = {}", param(&mut binds, Bind::Text(Some(group.clone())))));
+        }
+        if let Some(class) = &filter.class_id {
+            conditions.push(format!("class_id = {}", param(&mut binds, Bind::Text(Some(class.clone())))));
+        }
+        if let Some(workflow) = &filter.workflow_id {
+            conditions.push(format!("workflow_id = {}", param(&mut binds, Bind::Text(Some(workflow.clone())))));
+        }
+        if let Some(after) = after {
+            conditions.push(format!("device_id > {}", param(&mut binds, Bind::Text(Some(after.to_owned())))));
+        }
+        if let Some((id, action)) = &filter.not_desired {
+            let id = param(&mut binds, Bind::Text(Some(id.clone())));
+            let action = param(&mut binds, Bind::Integer(Some(*action)));
+            conditions.push(format!(
+                "(desired_workflow_id IS NULL OR desired_workflow_id <> {id} \
+                  OR desired_action IS NULL OR desired_action <> {action} OR desired_retry IS NOT NULL)"
+            ));
+        }
+        if let Some(deployment) = &filter.started_in {
+            let deployment = param(&mut binds, Bind::Text(Some(deployment.clone())));
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM du_rollout_member m WHERE m.group_id = du_device.group_id \
+                 AND m.deployment_id = {deployment} AND m.device_id = du_device.device_id AND m.started_ms IS NOT NULL)"
+            ));
+        }
+        if let Some(facts) = facts {
+            if facts.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Null-safe equality: `IS` in SQLite, `IS NOT DISTINCT FROM` in PostgreSQL.
+            let same = if self.backend == super::Backend::Postgres { "IS NOT DISTINCT FROM" } else { "IS" };
+            let mut alternatives = Vec::new();
+            for (class, facts) in facts {
+                let class = param(&mut binds, Bind::Text(Some(class.clone())));
+                let workflow = param(&mut binds, Bind::Text(facts.workflow_id.clone()));
+                let state = param(&mut binds, Bind::Integer(facts.agent_state));
+                let result = param(&mut binds, Bind::Integer(facts.result_code));
+                let installed = param(&mut binds, Bind::Text(facts.installed_update.clone()));
+                alternatives.push(format!(
+                    "(class_id = {class} AND workflow_id {same} {workflow} AND agent_state {same} {state} \
+                     AND result_code {same} {result} AND installed_update {same} {installed})"
+                ));
+            }
+            conditions.push(format!("({})", alternatives.join(" OR ")));
+        }
+        let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let limit = param(&mut binds, Bind::Integer(Some(limit)));
+        let sql = format!("SELECT {ROW_COLUMNS} FROM du_device {clause} ORDER BY device_id LIMIT {limit}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Integer(number) => query.bind(number),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(record_row).collect()
     }
 

@@ -33,8 +33,9 @@ enum Op {
     Tag { device: usize, group: Option<usize> },
     /// IoT Hub's twin PUT: tags replaced.
     Replace { device: usize, group: Option<usize> },
-    /// The service writes a workflow (a deployment, a cancel, a retry).
-    Desired { device: usize, workflow: usize, cancel: bool, retry: bool },
+    /// The service writes a workflow (a deployment, a cancel, a retry); with `bulk` as the
+    /// reconciler does (`Store::replace_desired_members`), else as a desired patch.
+    Desired { device: usize, workflow: usize, cancel: bool, retry: bool, bulk: bool },
     /// The device deleted and created again.
     Recreate { device: usize },
 }
@@ -64,8 +65,9 @@ fn op() -> impl Strategy<Value = Op> {
         device.clone().prop_map(|device| Op::RemoveAgent { device }),
         (device.clone(), prop::option::of(0..2usize)).prop_map(|(device, group)| Op::Tag { device, group }),
         (device.clone(), prop::option::of(0..2usize)).prop_map(|(device, group)| Op::Replace { device, group }),
-        (device.clone(), 0..2usize, any::<bool>(), any::<bool>())
-            .prop_map(|(device, workflow, cancel, retry)| { Op::Desired { device, workflow, cancel, retry } }),
+        (device.clone(), 0..2usize, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(device, workflow, cancel, retry, bulk)| Op::Desired { device, workflow, cancel, retry, bulk }
+        ),
         device.prop_map(|device| Op::Recreate { device }),
     ]
 }
@@ -125,11 +127,21 @@ async fn apply(store: &Store, op: &Op) -> Result<(), String> {
             let tags = group.map_or(json!({}), |g| json!({"ADUGroup": format!("group-{g}"), "other": 1}));
             store.replace_twin(&device_id(*device), Some(&tags), None, None).await.map_err(e)?;
         }
-        Op::Desired { device, workflow, cancel, retry } => {
+        Op::Desired { device, workflow, cancel, retry, bulk } => {
             let mut flow = json!({"action": if *cancel { 255 } else { 3 }, "id": WORKFLOWS[*workflow]});
-            flow["retryTimestamp"] = if *retry { "2026-12-06T00:00:00Z".into() } else { Value::Null };
-            let patch = json!({"deviceUpdate": {"__t": "c", "service": {"workflow": flow}}});
-            store.patch_desired(&device_id(*device), &patch, None).await.map_err(e)?;
+            if *bulk {
+                if *retry {
+                    flow["retryTimestamp"] = "2026-12-06T00:00:00Z".into();
+                }
+                let service = std::sync::Arc::new(json!({"workflow": flow}));
+                let mut outcomes =
+                    store.replace_desired_members("deviceUpdate", "service", vec![(device_id(*device), service)]).await;
+                outcomes.pop().unwrap_or(Ok(())).map_err(e)?;
+            } else {
+                flow["retryTimestamp"] = if *retry { "2026-12-06T00:00:00Z".into() } else { Value::Null };
+                let patch = json!({"deviceUpdate": {"__t": "c", "service": {"workflow": flow}}});
+                store.patch_desired(&device_id(*device), &patch, None).await.map_err(e)?;
+            }
         }
         Op::Recreate { device } => {
             store.delete_device(&device_id(*device), None).await.map_err(e)?;
@@ -238,6 +250,11 @@ async fn agree(store: &Store) -> Result<(), String> {
     Ok(())
 }
 
+/// Every record, as text to compare.
+async fn all_records(store: &Store) -> String {
+    format!("{:?}", store.records(&RecordFilter::default(), None, 1000).await.unwrap())
+}
+
 async fn open(backend: Backend, dir: &std::path::Path) -> Option<(Store, Option<TestDatabase>)> {
     match backend {
         Backend::Sqlite => {
@@ -272,6 +289,7 @@ pub(crate) async fn the_record_always_agrees_with_the_twins(backend: Backend) {
                 }
                 let mut outcome = Ok(());
                 for (step, op) in ops.iter().enumerate() {
+                    let before = (store.data_version().await.unwrap(), all_records(&store).await);
                     if let Err(error) = apply(&store, op).await {
                         outcome = Err(TestCaseError::fail(format!("step {step} {op:?} failed: {error}")));
                         break;
@@ -279,6 +297,24 @@ pub(crate) async fn the_record_always_agrees_with_the_twins(backend: Backend) {
                     if let Err(disagreement) = agree(&store).await {
                         outcome = Err(TestCaseError::fail(format!("after step {step} {op:?}: {disagreement}")));
                         break;
+                    }
+                    // What caches status (du::snapshot) relies on: changed records change the
+                    // data version.
+                    let after = (store.data_version().await.unwrap(), all_records(&store).await);
+                    if after.1 != before.1 && after.0 == before.0 {
+                        outcome = Err(TestCaseError::fail(format!(
+                            "after step {step} {op:?}: the records changed, the data version {} did not",
+                            after.0
+                        )));
+                        break;
+                    }
+                }
+                if outcome.is_ok() && backend == Backend::Sqlite {
+                    // Without writes it stays put (PostgreSQL's moves with other databases' writes).
+                    let version = store.data_version().await.unwrap();
+                    all_records(&store).await;
+                    if store.data_version().await.unwrap() != version {
+                        outcome = Err(TestCaseError::fail("the data version moved without a write"));
                     }
                 }
                 drop(store);
@@ -310,7 +346,7 @@ pub(crate) async fn records_are_built_from_existing_twins_at_startup(backend: Ba
         Op::Startup { device: 1, model: 1, names: false },
         Op::Tag { device: 1, group: Some(1) },
         Op::Report { device: 1, state: Some(255), workflow: Some(0), result: Some(0), installed: Some(0) },
-        Op::Desired { device: 0, workflow: 1, cancel: false, retry: true },
+        Op::Desired { device: 0, workflow: 1, cancel: false, retry: true, bulk: false },
     ];
     for index in 0..DEVICES {
         store.create_device(&spec(index)).await.unwrap();
