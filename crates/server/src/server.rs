@@ -281,14 +281,16 @@ async fn drain(mut connections: JoinSet<()>) {
     }
 }
 
-/// The TLS handshake of an accepted connection, bounded in time.
+/// The TLS handshake of an accepted connection, bounded in time. The stream is boxed: the
+/// futures that hold it (a connection task, its session) then keep a pointer to rustls' state
+/// (a kilobyte and more) wherever they move it, instead of a copy of it in each of their states.
 async fn handshake(
     tls: &TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
     match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
+        Ok(Ok(stream)) => Some(Box::new(stream)),
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
             None

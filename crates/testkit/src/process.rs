@@ -47,7 +47,8 @@ impl ServeProcess {
         Self::start_with_args(binary, data_dir, database_url, &[]).await
     }
 
-    /// [`ServeProcess::start`] with more `duhub serve` flags (e.g. `--public-url URL`).
+    /// [`ServeProcess::start`] with more `duhub serve` flags (e.g. `--public-url URL`, or
+    /// `--https-port N` and `--mqtt-port N` instead of ephemeral ports).
     pub async fn start_with_args(
         binary: &Path,
         data_dir: &Path,
@@ -66,8 +67,14 @@ impl ServeProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--hostname", crate::HOSTNAME, "--bind", "127.0.0.1", "--https-port", "0", "--mqtt-port", "0"])
+            .args(["--hostname", crate::HOSTNAME, "--bind", "127.0.0.1"])
             .arg("--json");
+        // Ephemeral ports unless the caller names them (a restart on the same addresses).
+        for flag in ["--https-port", "--mqtt-port"] {
+            if !extra_args.contains(&flag) {
+                command.args([flag, "0"]);
+            }
+        }
         if let Some(url) = database_url {
             command.args(["--database-url", url]);
         }

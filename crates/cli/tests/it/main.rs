@@ -14,6 +14,8 @@ mod hardening;
 mod keys;
 mod manifest;
 mod readme;
+mod rollout;
+mod rollout_cli;
 mod simulate;
 mod support;
 mod update;

@@ -12,18 +12,18 @@ use serde_json::Value;
 use crate::support::{assert_help, duhub, json_of, temp_dir, write_file};
 
 /// The built `duhub` binary.
-fn binary() -> PathBuf {
+pub(crate) fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_duhub"))
 }
 
 /// The `admin.json` of a node.
-fn admin_path(node: &ServeProcess) -> PathBuf {
+pub(crate) fn admin_path(node: &ServeProcess) -> PathBuf {
     PathBuf::from(node.info["admin"].as_str().unwrap())
 }
 
 /// Imports `contoso/sim/VERSION`, compatible with models `a` and `b` of contoso, with one 64 KiB
 /// file, through the CLI.
-fn import_update(dir: &Path, admin: &Path, version: &str) {
+pub(crate) fn import_update(dir: &Path, admin: &Path, version: &str) {
     let payload: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
     write_file(dir, "payload.bin", &payload);
     let init = duhub()
@@ -61,7 +61,7 @@ fn simulate_command(dir: &Path, admin: &Path, args: &[&str]) -> Command {
 }
 
 /// [`simulate_command`] started with stdout and stderr piped.
-fn spawn_simulate(dir: &Path, admin: &Path, args: &[&str]) -> std::process::Child {
+pub(crate) fn spawn_simulate(dir: &Path, admin: &Path, args: &[&str]) -> std::process::Child {
     simulate_command(dir, admin, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
@@ -83,7 +83,7 @@ fn failed_numbers(report: &Value, prefix: &str) -> BTreeSet<String> {
         .collect()
 }
 
-const TWO_CLASSES: &str = r#"
+pub(crate) const TWO_CLASSES: &str = r#"
 [[population]]
 manufacturer = "contoso"
 model = "a"

@@ -298,6 +298,7 @@ mod tests {
             excluded_subgroups: Default::default(),
             target_devices: None,
             target_device_class: None,
+            rollout: None,
         }
     }
 

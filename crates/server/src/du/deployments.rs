@@ -55,9 +55,13 @@ impl DeviceUpdate {
                     if update_key(&old.update) == update_key(&deployment.update) {
                         deployment.subgroups = old.subgroups.clone();
                     }
+                    self.prepare_rollout(&mut deployment, Some(&old)).await?;
                     Some(record.revision)
                 }
-                None => None,
+                None => {
+                    self.prepare_rollout(&mut deployment, None).await?;
+                    None
+                }
             };
             let body = serde_json::to_string(&deployment).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
             if self.store.put_deployment(&deployment.group_id, &deployment.deployment_id, &body, expected).await? {
@@ -76,6 +80,7 @@ impl DeviceUpdate {
     /// Deletes a deployment (devices keep what they were told).
     pub async fn delete_deployment(&self, group: &str, id: &str) -> Result<bool, ServiceError> {
         let deleted = self.store.delete_deployment(group, id).await?;
+        self.store.delete_rollout_members(group, id).await?;
         self.wake();
         Ok(deleted)
     }
@@ -172,7 +177,7 @@ impl DeviceUpdate {
             group_id: Some(deployment.group_id.clone()),
             class_id: Some(class.to_owned()),
             workflow_id: Some(subgroup.workflow_id.clone()),
-            not_desired: None,
+            ..RecordFilter::default()
         };
         Ok(self
             .all_records(&filter)

@@ -33,6 +33,7 @@ pub mod import;
 pub mod model;
 mod operations;
 mod reconciler;
+pub mod rollout;
 mod snapshot;
 pub mod status;
 mod updates;
@@ -117,6 +118,8 @@ pub struct DeviceUpdate {
     wake: Notify,
     /// Passes of the reconciler never overlap (on this node).
     reconciling: tokio::sync::Mutex<()>,
+    /// Added to the real time by the rollouts' clock (`rollout_now`; only tests move it).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
     /// Snapshots of the database's current data version.
     snapshots: snapshot::SnapshotCache,
 }
@@ -149,6 +152,7 @@ impl DeviceUpdate {
             http: http.build()?,
             wake: Notify::new(),
             reconciling: tokio::sync::Mutex::new(()),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             snapshots: snapshot::SnapshotCache::default(),
         }))
     }

@@ -274,6 +274,9 @@ pub struct StoredDeployment {
     /// Rollback deployments: the device class of their devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_device_class: Option<String>,
+    /// A phased rollout (duhub extension): only its started members are told the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::du::rollout::Rollout>,
 }
 
 impl StoredDeployment {

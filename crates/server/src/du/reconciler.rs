@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use duhub_proto::twin::{DEVICE_UPDATE_COMPONENT, ServiceProperties, UpdateAction, Workflow, component_patch};
+use duhub_proto::twin::{DEVICE_UPDATE_COMPONENT, ServiceProperties, UpdateAction, Workflow};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -89,7 +89,7 @@ impl DeviceUpdate {
     async fn pass(&self, write: bool) -> Result<Pass, ServiceError> {
         let _pass = self.reconciling.lock().await;
         let snapshot = self.snapshot().await?;
-        let mut changed = false;
+        let (mut changed, rollout_timer) = if write { self.drive_rollouts(&snapshot).await? } else { (false, None) };
         let pairs: BTreeSet<(String, String)> =
             snapshot.buckets.iter().map(|b| (b.group_id.clone(), b.class.id.clone())).collect();
         let mut writes: Vec<(String, Arc<Value>)> = Vec::new();
@@ -122,6 +122,8 @@ impl DeviceUpdate {
                     class_id: Some(class_id.clone()),
                     workflow_id: None,
                     not_desired: Some((subgroup.workflow_id.clone(), action.code())),
+                    // A rollout tells only the members it started.
+                    started_in: governing.rollout.as_ref().map(|_| governing.deployment_id.clone()),
                 };
                 // Retried devices and rollback targets are told something else than the
                 // subgroup's workflow: their records are read by id (they are few).
@@ -133,6 +135,10 @@ impl DeviceUpdate {
                 if !special.is_empty() {
                     special.sort();
                     special.dedup();
+                    if governing.rollout.is_some() {
+                        special =
+                            self.store.started_rollout_members(&group, &governing.deployment_id, &special).await?;
+                    }
                     let known: BTreeSet<String> = rows.iter().map(|r| r.device_id.clone()).collect();
                     rows.extend(
                         self.store
@@ -188,34 +194,27 @@ impl DeviceUpdate {
         if count > 0 {
             tracing::info!(devices = count, "writing deployment workflows to desired properties");
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = writes.into_iter();
-        let store = self.store.clone();
+        // One writer job per device, handed to the writer ahead of the commits: batches fill,
+        // and the change is computed against the twin in the batch (no read per device here).
+        let devices: Vec<String> = writes.iter().map(|(device, _)| device.clone()).collect();
+        let outcomes = self.store.replace_desired_members(DEVICE_UPDATE_COMPONENT, "service", writes).await;
         let mut failed_writes = 0;
-        loop {
-            while tasks.len() < 256 {
-                let Some((device, service)) = pending.next() else { break };
-                let store = store.clone();
-                tasks.spawn(async move {
-                    let outcome = write_service(&store, &device, &service).await;
-                    if let Err(error) = &outcome {
-                        tracing::warn!(%error, device, "writing the desired deployment failed");
-                    }
-                    outcome.is_ok()
-                });
-            }
-            match tasks.join_next().await {
-                None => break,
-                Some(Ok(true)) => {}
-                Some(_) => failed_writes += 1,
+        for (device, outcome) in devices.iter().zip(outcomes) {
+            if let Err(error) = outcome {
+                tracing::warn!(%error, device, "writing the desired deployment failed");
+                failed_writes += 1;
             }
         }
-        let next_start =
-            snapshot.deployments.iter().filter_map(|d| deploy::time_until(&d.start_date_time, &snapshot.now)).min();
+        let next_start = snapshot
+            .deployments
+            .iter()
+            .filter_map(|d| deploy::time_until(&d.start_date_time, &snapshot.now))
+            .chain(rollout_timer)
+            .min();
         Ok(Pass { changed, next_start, failed_writes })
     }
 
-    async fn start_rollback(
+    pub(in crate::du) async fn start_rollback(
         &self,
         governing: &StoredDeployment,
         class: &str,
@@ -249,6 +248,7 @@ impl DeviceUpdate {
             excluded_subgroups: BTreeSet::new(),
             target_devices: Some(failed.clone()),
             target_device_class: Some(class.to_owned()),
+            rollout: None,
         };
         let body = serde_json::to_string(&rollback).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
         self.store.put_deployment(&governing.group_id, &rollback_id, &body, None).await?;
@@ -301,56 +301,5 @@ impl DeviceUpdate {
             )
         };
         serde_json::to_value(&service).map_err(|e| ServiceError::Corrupt(e.to_string()))
-    }
-}
-
-/// Writes `service` to a device's desired `deviceUpdate.service`, deleting what the previous
-/// assignment wrote that this one does not.
-async fn write_service(store: &crate::store::Store, device: &str, service: &Value) -> Result<(), ServiceError> {
-    let twin = store.twin(device).await?;
-    let old = twin.desired.get(DEVICE_UPDATE_COMPONENT).and_then(|d| d.get("service")).cloned().unwrap_or(Value::Null);
-    let patch = component_patch(DEVICE_UPDATE_COMPONENT, [("service".to_owned(), replacement(&old, service.clone()))]);
-    store.patch_desired(device, &patch, None).await?;
-    Ok(())
-}
-
-/// `new` with every member `old` has and `new` lacks set to `null`, recursively into objects
-/// both have: a merge patch that replaces `old` by `new`.
-fn replacement(old: &Value, new: Value) -> Value {
-    match (old, new) {
-        (Value::Object(old), Value::Object(mut new)) => {
-            for (key, old_value) in old {
-                match new.remove(key) {
-                    Some(new_value) => {
-                        new.insert(key.clone(), replacement(old_value, new_value));
-                    }
-                    None => {
-                        new.insert(key.clone(), Value::Null);
-                    }
-                }
-            }
-            Value::Object(new)
-        }
-        (_, new) => new,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn replacement_nulls_what_the_new_value_lacks() {
-        let old =
-            json!({"workflow": {"action": 3, "id": "a", "retryTimestamp": "t"}, "fileUrls": {"f1": "u1", "f2": "u2"}});
-        let new = json!({"workflow": {"action": 3, "id": "b"}, "fileUrls": {"f3": "u3"}});
-        let patch = replacement(&old, new);
-        assert_eq!(
-            patch,
-            json!({"workflow": {"action": 3, "id": "b", "retryTimestamp": null}, "fileUrls": {"f3": "u3", "f1": null, "f2": null}})
-        );
-        assert_eq!(replacement(&Value::Null, json!({"a": 1})), json!({"a": 1}));
     }
 }

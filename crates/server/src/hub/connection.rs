@@ -40,6 +40,9 @@ impl std::fmt::Display for End {
 /// Buffer capacity a session keeps between packets; a larger one (after a large packet) is freed.
 const KEPT_BUFFER: usize = 4096;
 
+/// Bytes a read asks for at least (most device packets are smaller).
+const READ_CHUNK: usize = 256;
+
 struct Conn<S> {
     stream: S,
     read: BytesMut,
@@ -57,7 +60,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 return Ok(Some(packet));
             }
-            self.read.reserve(1024);
+            // Small: an idle session holds this buffer while it waits (a larger packet grows it).
+            self.read.reserve(READ_CHUNK);
             let n = self.stream.read_buf(&mut self.read).await.map_err(End::Io)?;
             if n == 0 {
                 return if self.read.is_empty() { Ok(None) } else { Err(End::Closed("connection closed mid-packet")) };

@@ -27,9 +27,9 @@ use crate::store::{Event, Store};
 /// What the hub tells a live session.
 #[derive(Debug, Clone)]
 pub(crate) enum Command {
-    /// Deliver a desired patch (with `$version`). Boxed: every session's channel allocates its
-    /// slots up front, so the command is kept two words small.
-    Desired(Box<Value>),
+    /// Deliver a desired patch (with `$version`). Shared with the event it came from: every
+    /// session's channel allocates its slots up front, so the command is kept two words small.
+    Desired(Arc<Value>),
     /// Close the connection.
     Close(&'static str),
 }
@@ -169,11 +169,11 @@ impl Hub {
                 let Some(sender) = self.sender(&device_id) else { return };
                 let patch = match patch {
                     Some(patch) => Some(patch),
-                    None => self.store.desired_patch(&device_id, version).await.ok().flatten(),
+                    None => self.store.desired_patch(&device_id, version).await.ok().flatten().map(Arc::new),
                 };
                 match patch {
                     Some(patch) => {
-                        let _ = sender.try_send(Command::Desired(Box::new(patch)));
+                        let _ = sender.try_send(Command::Desired(patch));
                     }
                     // The patch is gone: make the device reconnect, which makes it GET the twin.
                     None => {

@@ -60,11 +60,16 @@ impl Store {
 
     /// Whether `token` is a recorded, unrevoked API token.
     pub async fn api_token_valid(&self, token: &str) -> Result<bool, StoreError> {
+        Ok(self.api_token_name(token).await?.is_some())
+    }
+
+    /// The name of an API token that is known and not revoked.
+    pub async fn api_token_name(&self, token: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT name FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL")
             .bind(token_hash(token))
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.is_some())
+        row.map(|r| r.try_get("name")).transpose().map_err(StoreError::from)
     }
 
     async fn policy_key(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -2,6 +2,7 @@
 //! session that moved to another connection, a revoked device), crossing nodes through
 //! PostgreSQL `LISTEN/NOTIFY` with a payload that names the device and version only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -22,8 +23,9 @@ pub enum Event {
         /// The new desired `$version`.
         version: i64,
         /// The patch with `$version`, when known (events from other nodes carry none; read it
-        /// with [`Store::desired_patch`]).
-        patch: Option<Value>,
+        /// with [`Store::desired_patch`]). Shared: every subscriber's copy of the event is a
+        /// pointer, not a copy of the document.
+        patch: Option<Arc<Value>>,
     },
     /// A device connected to some node: other connections of it must close.
     SessionOpened {
@@ -117,7 +119,7 @@ mod tests {
     #[test]
     fn events_cross_nodes_without_their_patch() {
         let events = [
-            Event::DesiredChanged { device_id: "d1".into(), version: 7, patch: Some(serde_json::json!({"a": 1})) },
+            Event::DesiredChanged { device_id: "d1".into(), version: 7, patch: Some(Arc::new(serde_json::json!({"a": 1}))) },
             Event::SessionOpened { device_id: "d1".into(), session: "n1/3".into() },
             Event::DeviceRevoked { device_id: "d1".into() },
         ];

@@ -20,6 +20,7 @@ mod events;
 mod nodes;
 mod query;
 mod record;
+mod rollout;
 mod schema;
 mod sessions;
 mod twins;
@@ -35,6 +36,7 @@ pub use query::{QueriedTwin, TwinFilter};
 pub use record::{
     DEFAULT_GROUP, DuRecord, Facts, GROUP_TAG, RecordBucket, RecordFilter, RecordRow, class_body, class_id,
 };
+pub use rollout::{MemberChange, MemberCount, MemberMark, OpenMember};
 pub use sessions::{DeviceListing, UiSession};
 pub use twins::{Twin, etag_of};
 

@@ -3,7 +3,7 @@
 //! and what the service last asked of it (desired workflow), plus its connection state.
 //!
 //! The record is derived from the twin by [`DuRecord::of`] (the only derivation: `du::fleet`
-//! builds its `DeviceView` from it too) and written by [`apply_record`] in the same transaction
+//! builds its `DeviceView` from it too) and written by [`PendingRecords`] in the same transaction
 //! as the twin change that alters it, so record and twin never disagree, not even after a
 //! kill -9. Status, compliance, groups, classes and device lists read it with indexed queries
 //! and `GROUP BY` instead of parsing every twin. A one-time backfill ([`Store::backfill_records`])
@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 use duhub_proto::result::ResultCode;
 use duhub_proto::twin::{AgentProperties, AgentState, UpdateAction, Workflow};
 use duhub_proto::update_id::UpdateId;
+use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::twins::Twin;
+use super::writer::ROWS_PER_STATEMENT;
 use super::{Store, StoreError};
 use crate::ids::now_rfc3339;
 
@@ -65,7 +67,7 @@ impl DuRecord {
     pub fn of(tags: &Map<String, Value>, desired: &Map<String, Value>, reported: &Map<String, Value>) -> Option<Self> {
         let agent_json = reported.get("deviceUpdate")?.get("agent")?;
         let properties = agent_json.get("deviceProperties")?.as_object()?;
-        let agent: AgentProperties = serde_json::from_value(agent_json.clone()).unwrap_or_default();
+        let agent = AgentProperties::deserialize(agent_json).unwrap_or_default();
         let names = agent_json
             .get("compatPropertyNames")
             .and_then(Value::as_str)
@@ -83,12 +85,7 @@ impl DuRecord {
         let contract_model = properties.get("contractModelId").and_then(Value::as_str).map(str::to_owned);
         let group = tags.get(GROUP_TAG).and_then(Value::as_str).filter(|g| !g.is_empty());
         let installed = agent.installed_update_id.as_deref().and_then(UpdateId::from_installed_update_id);
-        let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
-        let desired = Workflow {
-            action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
-            id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
-            retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
-        };
+        let desired = desired_workflow(desired);
         Some(Self {
             group_id: group.unwrap_or(DEFAULT_GROUP).to_owned(),
             tagged: group.is_some(),
@@ -99,6 +96,24 @@ impl DuRecord {
             installed,
             desired,
         })
+    }
+
+    /// This record with the desired workflow of `desired` (the desired properties): the record
+    /// of a twin whose desired properties alone changed.
+    pub fn with_desired_of(&self, desired: &Map<String, Value>) -> Self {
+        Self { desired: desired_workflow(desired), ..self.clone() }
+    }
+
+    /// Whether `other` differs from this record in its desired workflow only.
+    fn same_but_desired(&self, other: &Self) -> bool {
+        let Self { group_id, tagged, class_id, compat, contract_model, agent, installed, desired: _ } = self;
+        *group_id == other.group_id
+            && *tagged == other.tagged
+            && *class_id == other.class_id
+            && *compat == other.compat
+            && *contract_model == other.contract_model
+            && *agent == other.agent
+            && *installed == other.installed
     }
 
     /// The record of a twin.
@@ -130,6 +145,16 @@ impl DuRecord {
     }
 }
 
+/// The workflow in desired `deviceUpdate.service`.
+fn desired_workflow(desired: &Map<String, Value>) -> Workflow {
+    let workflow = desired.get("deviceUpdate").and_then(|d| d.get("service")).and_then(|s| s.get("workflow"));
+    Workflow {
+        action: workflow.and_then(|w| w.get("action")).and_then(Value::as_i64).map(UpdateAction::from_code),
+        id: workflow.and_then(|w| w.get("id")).and_then(Value::as_str).map(str::to_owned),
+        retry_timestamp: workflow.and_then(|w| w.get("retryTimestamp")).and_then(Value::as_str).map(str::to_owned),
+    }
+}
+
 /// The stored form of an installed update id (`{"provider","name","version"}`, compact).
 fn installed_text(id: &UpdateId) -> String {
     json!({"provider": id.provider, "name": id.name, "version": id.version}).to_string()
@@ -148,27 +173,94 @@ struct Columns {
     desired_retry: Option<String>,
 }
 
-/// Brings the record of `twin` up to date inside `tx` when the change from `before` altered
-/// it (or always, when `before` is `None`): upserts it, or deletes it when the device no longer
-/// has an agent. Called in the transaction of every twin change, so record and twin commit
-/// together. Returns whether the record changed.
-pub(super) async fn apply_record(
-    tx: &mut sqlx::AnyConnection,
-    before: Option<&Twin>,
-    twin: &Twin,
-) -> Result<bool, StoreError> {
-    let record = DuRecord::of_twin(twin);
-    let previous = before.map(DuRecord::of_twin);
-    if previous.as_ref() == Some(&record) {
-        return Ok(false);
-    }
-    match record {
-        None => {
-            sqlx::query("DELETE FROM du_device WHERE device_id = $1").bind(&twin.device_id).execute(&mut *tx).await?;
+/// The records a writer batch changes, written together before its commit ([`Self::write`]):
+/// a batch of desired writes (a deployment) then updates the desired workflow of all its
+/// devices in a few multi-row statements instead of one upsert each.
+#[derive(Default)]
+pub(super) struct PendingRecords {
+    /// Device id -> its record as stored when the batch began, and as the batch leaves it.
+    records: BTreeMap<String, (Option<DuRecord>, Option<DuRecord>)>,
+}
+
+impl PendingRecords {
+    /// Notes that a twin change (in the batch, in order) took a device's record from `previous`
+    /// to `record`; returns whether it altered it.
+    pub(super) fn note(&mut self, device_id: &str, previous: Option<DuRecord>, record: Option<DuRecord>) -> bool {
+        if previous == record {
+            return false;
         }
-        Some(record) => upsert(tx, &twin.device_id, &record, &twin.connection_state, false).await?,
+        match self.records.entry(device_id.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(mut entry) => entry.get_mut().1 = record,
+            // The first change of the device in the batch: `previous` is the record of the twin
+            // as read, so the stored one (they are written together).
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert((previous, record));
+            }
+        }
+        true
     }
-    Ok(true)
+
+    /// Writes the records inside `tx`: deleted when the device no longer has an agent, only the
+    /// desired workflow when nothing else changed, else upserted. `connection_state` gives a
+    /// device's connection state as the batch leaves it (for a new record).
+    pub(super) async fn write(
+        self,
+        tx: &mut sqlx::AnyConnection,
+        connection_state: impl Fn(&str) -> String,
+    ) -> Result<(), StoreError> {
+        let mut desired_only: Vec<(String, DuRecord)> = Vec::new();
+        for (device_id, (stored, record)) in self.records {
+            match (stored, record) {
+                (stored, record) if stored == record => {}
+                (_, None) => {
+                    sqlx::query("DELETE FROM du_device WHERE device_id = $1")
+                        .bind(&device_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                (Some(stored), Some(record)) if stored.same_but_desired(&record) => {
+                    desired_only.push((device_id, record));
+                }
+                (_, Some(record)) => {
+                    let state = connection_state(&device_id);
+                    upsert(tx, &device_id, &record, &state, false).await?;
+                }
+            }
+        }
+        let now = now_rfc3339();
+        for chunk in desired_only.chunks(ROWS_PER_STATEMENT) {
+            let rows = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${}, ${})", i * 4 + 2, i * 4 + 3, i * 4 + 4, i * 4 + 5))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "WITH v (id, workflow_id, action, retry) AS (VALUES {rows}) \
+                 UPDATE du_device SET desired_workflow_id = v.workflow_id, desired_action = v.action, \
+                 desired_retry = v.retry, updated_at = $1 FROM v WHERE du_device.device_id = v.id RETURNING device_id"
+            );
+            // Only numbered placeholders are formatted into the text; the values are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
+            for (device_id, record) in chunk {
+                query = query
+                    .bind(device_id.as_str())
+                    .bind(record.desired.id.as_deref())
+                    .bind(record.desired.action.map(UpdateAction::code))
+                    .bind(record.desired.retry_timestamp.as_deref());
+            }
+            let updated = query.fetch_all(&mut *tx).await?;
+            if updated.len() != chunk.len() {
+                // A record the twin implied but the table lacked (it cannot happen while both
+                // are written together): write the missing ones whole.
+                let updated: std::collections::BTreeSet<String> =
+                    updated.iter().map(|row| row.try_get("device_id")).collect::<Result<_, _>>()?;
+                for (device_id, record) in chunk.iter().filter(|(id, _)| !updated.contains(id)) {
+                    let state = connection_state(device_id);
+                    upsert(tx, device_id, record, &state, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn upsert(
@@ -263,7 +355,7 @@ impl Facts {
         serde_json::from_str(self.installed_update.as_deref()?).ok()
     }
 
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
             workflow_id: row.try_get("workflow_id")?,
             agent_state: row.try_get("agent_state")?,
@@ -318,6 +410,8 @@ pub struct RecordFilter {
     pub workflow_id: Option<String>,
     /// Only devices whose desired workflow differs from (id, action) or has a retry timestamp.
     pub not_desired: Option<(String, i64)>,
+    /// Only started members of this rollout deployment (of `group_id`).
+    pub started_in: Option<String>,
 }
 
 /// A value bound to a query built from the conditions a caller asked for.
@@ -439,6 +533,13 @@ impl Store {
             conditions.push(format!(
                 "(desired_workflow_id IS NULL OR desired_workflow_id <> {id} \
                   OR desired_action IS NULL OR desired_action <> {action} OR desired_retry IS NOT NULL)"
+            ));
+        }
+        if let Some(deployment) = &filter.started_in {
+            let deployment = param(&mut binds, Bind::Text(Some(deployment.clone())));
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM du_rollout_member m WHERE m.group_id = du_device.group_id \
+                 AND m.deployment_id = {deployment} AND m.device_id = du_device.device_id AND m.started_ms IS NOT NULL)"
             ));
         }
         if let Some(facts) = facts {

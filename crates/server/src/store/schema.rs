@@ -122,6 +122,21 @@ const STEPS: &[&str] = &[
     CREATE INDEX nodes_by_lease ON nodes (lease_until_ms);
     ALTER TABLE devices ADD COLUMN connected_node TEXT;
     CREATE INDEX devices_by_connected_node ON devices (connected_node);",
+    // Issue 15: members of phased rollouts (rank, wave, started, first seen installed, settled).
+    "CREATE TABLE du_rollout_member (
+        group_id TEXT NOT NULL,
+        deployment_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        class_id TEXT NOT NULL,
+        rank BIGINT NOT NULL,
+        wave BIGINT,
+        started_ms BIGINT,
+        installed_ms BIGINT,
+        outcome TEXT,
+        PRIMARY KEY (group_id, deployment_id, device_id)
+    );
+    CREATE INDEX du_rollout_member_pick ON du_rollout_member (group_id, deployment_id, wave, rank);
+    CREATE INDEX du_rollout_member_started ON du_rollout_member (group_id, deployment_id, started_ms);",
     // Read paths at 100,000 devices: a group's records in device id order (keyset pages of the
     // dashboard's deployment and group pages, without sorting the group), and the count of
     // connected devices (the overview) without reading every twin.

@@ -3,6 +3,7 @@
 //! desired patches other nodes deliver.
 
 use base64::Engine as _;
+use duhub_proto::twin::component_patch;
 use duhub_proto::twin_doc::{self, Section};
 use serde_json::{Map, Value};
 use sqlx::Row;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 use super::devices::DeviceStatus;
 use super::events::NOTIFY_CHANNEL;
-use super::writer::{ChangeError, Twins, Write, Written};
+use super::record::DuRecord;
+use super::writer::{ChangeError, ROWS_PER_STATEMENT, Twins, Write, Written};
 use super::{Event, Store, StoreError};
 use crate::ids::now_rfc3339;
 
@@ -111,6 +113,62 @@ impl Store {
         self.change_twin(device_id, if_match, edit).await
     }
 
+    /// Sets the desired `component`.`member` of many devices, each to its own value, as a merge
+    /// patch computed in the writer's batch against the twin as it is there: `value` plus a
+    /// `null` for every member the old value had and this one lacks (so nothing of a previous
+    /// value lingers). Each device's change is an ordinary desired change (its desired patch
+    /// recorded, its Device Update record updated, its session told, all in the batch's
+    /// transaction); the writes are handed to the lanes ahead of their commits, so batches fill
+    /// with them, and no twin is read outside the writer. Returns each device's outcome, in
+    /// order.
+    pub async fn replace_desired_members(
+        &self,
+        component: &str,
+        member: &str,
+        values: Vec<(String, Arc<Value>)>,
+    ) -> Vec<Result<(), StoreError>> {
+        let component: Arc<str> = component.into();
+        let member: Arc<str> = member.into();
+        // Enough in flight that each lane has its next batch waiting when it commits one.
+        let window = super::writer::BATCH * 2 * self.writer.len();
+        let mut outcomes: Vec<Result<(), StoreError>> = Vec::with_capacity(values.len());
+        let mut pending = std::collections::VecDeque::with_capacity(window);
+        let mut record_changed = false;
+        for (device_id, value) in values {
+            if pending.len() >= window
+                && let Some((index, answer)) = pending.pop_front()
+            {
+                outcomes[index] = self.finish_member(answer, &mut record_changed).await;
+            }
+            let edit = TwinEdit::ReplaceMember { component: component.clone(), member: member.clone(), value };
+            let change = TwinChange { device_id, if_match: None, edit, answer_twin: false };
+            let index = outcomes.len();
+            outcomes.push(Ok(()));
+            match self.submit(Write::Twin(change)).await {
+                Ok(answer) => pending.push_back((index, answer)),
+                Err(error) => outcomes[index] = Err(error),
+            }
+        }
+        for (index, answer) in pending {
+            outcomes[index] = self.finish_member(answer, &mut record_changed).await;
+        }
+        if record_changed {
+            self.records_changed.notify_one();
+        }
+        outcomes
+    }
+
+    async fn finish_member(
+        &self,
+        answer: tokio::sync::oneshot::Receiver<super::writer::Outcome>,
+        record_changed: &mut bool,
+    ) -> Result<(), StoreError> {
+        if let Written::Twin(_, changed) = self.finish(answer).await? {
+            *record_changed |= changed;
+        }
+        Ok(())
+    }
+
     /// The desired patch that produced `version`, with `$version`, if still recorded.
     pub async fn desired_patch(&self, device_id: &str, version: i64) -> Result<Option<Value>, StoreError> {
         let row = sqlx::query("SELECT patch FROM desired_patches WHERE device_id = $1 AND version = $2")
@@ -126,15 +184,20 @@ impl Store {
     }
 
     async fn change_twin(&self, device_id: &str, if_match: Option<&str>, edit: TwinEdit) -> Result<Twin, StoreError> {
-        let request = TwinChange { device_id: device_id.to_owned(), if_match: if_match.map(str::to_owned), edit };
+        let request = TwinChange {
+            device_id: device_id.to_owned(),
+            if_match: if_match.map(str::to_owned),
+            edit,
+            answer_twin: true,
+        };
         match self.write(Write::Twin(request)).await? {
-            Written::Twin(twin, record_changed) => {
+            Written::Twin(Some(twin), record_changed) => {
                 if record_changed {
                     self.records_changed.notify_one();
                 }
                 Ok(*twin)
             }
-            Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
+            Written::Twin(None, _) | Written::Done => Err(StoreError::Corrupt("a twin change wrote no twin".into())),
         }
     }
 }
@@ -149,6 +212,9 @@ pub(super) enum TwinEdit {
     Reported(Value),
     Tags(Value),
     Replace { tags: Option<Value>, desired: Option<Value> },
+    /// Desired `component`.`member` set to `value` by a patch that nulls what the old value
+    /// had and `value` lacks ([`replacement`]).
+    ReplaceMember { component: Arc<str>, member: Arc<str>, value: Arc<Value> },
 }
 
 /// What applying a [`TwinEdit`] changed.
@@ -158,6 +224,13 @@ struct Change {
 }
 
 impl TwinEdit {
+    /// Whether the edit changes desired properties only (so not what the Device Update record
+    /// takes from tags and reported properties).
+    fn desired_only(&self) -> bool {
+        matches!(self, Self::Desired(_) | Self::ReplaceMember { .. })
+    }
+
+    /// Applies the edit to `twin`; an edit that is refused leaves it as it was.
     fn apply(&self, twin: &mut Twin) -> Result<Change, StoreError> {
         match self {
             Self::Desired(patch) => {
@@ -172,13 +245,22 @@ impl TwinEdit {
                 twin.tags = twin_doc::apply_patch(&twin.tags, patch, Section::Tags)?;
                 Ok(Change { desired_patch: None, reported: false })
             }
+            Self::ReplaceMember { component, member, value } => {
+                let old = twin.desired.get(&**component).and_then(|c| c.get(&**member)).unwrap_or(&Value::Null);
+                let patch = component_patch(component, [(member.to_string(), replacement(old, (**value).clone()))]);
+                twin.desired = twin_doc::apply_patch(&twin.desired, &patch, Section::Desired)?;
+                Ok(Change { desired_patch: Some(strip_version(&patch)), reported: false })
+            }
             Self::Replace { tags, desired } => {
+                // Both checked before either is applied: a refused edit changes nothing.
+                let tags = tags.as_ref().map(|tags| twin_doc::apply_patch(&Map::new(), tags, Section::Tags)).transpose()?;
+                let desired =
+                    desired.as_ref().map(|d| twin_doc::apply_patch(&Map::new(), d, Section::Desired)).transpose()?;
                 if let Some(tags) = tags {
-                    twin.tags = twin_doc::apply_patch(&Map::new(), tags, Section::Tags)?;
+                    twin.tags = tags;
                 }
                 let mut desired_patch = None;
-                if let Some(desired) = desired {
-                    let replacement = twin_doc::apply_patch(&Map::new(), desired, Section::Desired)?;
+                if let Some(replacement) = desired {
                     // Devices receive the new document plus nulls for the removed members.
                     let mut patch = replacement.clone();
                     for key in twin.desired.keys() {
@@ -201,6 +283,8 @@ pub(super) struct TwinChange {
     pub(super) device_id: String,
     pub(super) if_match: Option<String>,
     pub(super) edit: TwinEdit,
+    /// Whether the writer answers with the new twin (a copy); bulk writes do without.
+    pub(super) answer_twin: bool,
 }
 
 /// The twin columns, in the order [`twin_from_row`] reads them.
@@ -225,43 +309,39 @@ pub(super) async fn apply_change(
     twins: &mut Twins,
     request: &TwinChange,
     notify_node: Option<Arc<str>>,
-) -> Result<(Twin, Option<Event>, bool), ChangeError> {
+) -> Result<(Option<Twin>, Option<Event>, bool), ChangeError> {
     let device_id = request.device_id.as_str();
-    let current = twins.get_mut(device_id).ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
+    let (current, records) =
+        twins.twin_and_records(device_id).ok_or_else(|| StoreError::NotFound(device_id.to_owned()))?;
     if let Some(etag) = request.if_match.as_deref().filter(|e| *e != "*")
         && etag != current.etag()
     {
         return Err(ChangeError::Store(StoreError::PreconditionFailed));
     }
-    let mut twin = current.clone();
-    let Change { desired_patch, reported } = request.edit.apply(&mut twin)?;
-    twin.version += 1;
+    let previous = DuRecord::of_twin(current);
+    // In place: a refused edit leaves the batch's twin as it was.
+    let Change { desired_patch, reported } = request.edit.apply(current)?;
+    current.version += 1;
     if desired_patch.is_some() {
-        twin.desired_version += 1;
+        current.desired_version += 1;
     }
     if reported {
-        twin.reported_version += 1;
+        current.reported_version += 1;
     }
-    // `current` still holds the twin as it was: the record compares against it.
-    let record_changed = super::record::apply_record(tx, Some(current), &twin).await?;
-    current.clone_from(&twin);
+    let record = match &previous {
+        // Tags and reported properties are as they were: only the desired workflow can differ.
+        Some(previous) if request.edit.desired_only() => Some(previous.with_desired_of(&current.desired)),
+        _ => DuRecord::of_twin(current),
+    };
+    let record_changed = records.note(device_id, previous, record);
+    let twin = request.answer_twin.then(|| current.clone());
+    let desired_version = current.desired_version;
     let Some(mut patch) = desired_patch else { return Ok((twin, None, record_changed)) };
-    patch.insert("$version".into(), twin.desired_version.into());
+    patch.insert("$version".into(), desired_version.into());
     let patch = Value::Object(patch);
-    sqlx::query("INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(device_id)
-        .bind(twin.desired_version)
-        .bind(patch.to_string())
-        .bind(now_rfc3339())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM desired_patches WHERE device_id = $1 AND version <= $2")
-        .bind(device_id)
-        .bind(twin.desired_version - DESIRED_PATCHES_KEPT)
-        .execute(&mut *tx)
-        .await?;
+    twins.desired_patches.push((device_id.to_owned(), desired_version, patch.to_string()));
     if let Some(node) = notify_node {
-        let payload = serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": twin.desired_version});
+        let payload = serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": desired_version});
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
             .bind(payload.to_string())
@@ -269,8 +349,71 @@ pub(super) async fn apply_change(
             .await?;
     }
     let event =
-        Event::DesiredChanged { device_id: device_id.to_owned(), version: twin.desired_version, patch: Some(patch) };
+        Event::DesiredChanged { device_id: device_id.to_owned(), version: desired_version, patch: Some(Arc::new(patch)) };
     Ok((twin, Some(event), record_changed))
+}
+
+/// `new` with every member `old` has and `new` lacks set to `null`, recursively into objects
+/// both have: a merge patch that replaces `old` by `new`.
+fn replacement(old: &Value, new: Value) -> Value {
+    match (old, new) {
+        (Value::Object(old), Value::Object(mut new)) => {
+            for (key, old_value) in old {
+                match new.remove(key) {
+                    Some(new_value) => {
+                        new.insert(key.clone(), replacement(old_value, new_value));
+                    }
+                    None => {
+                        new.insert(key.clone(), Value::Null);
+                    }
+                }
+            }
+            Value::Object(new)
+        }
+        (_, new) => new,
+    }
+}
+
+/// Records the desired patches of a batch (device, version, patch) inside `tx`, in multi-row
+/// statements, and forgets each device's patches older than the last [`DESIRED_PATCHES_KEPT`].
+pub(super) async fn store_desired_patches(
+    tx: &mut sqlx::AnyConnection,
+    patches: &[(String, i64, String)],
+) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    for chunk in patches.chunks(ROWS_PER_STATEMENT) {
+        let rows = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, $1)", i * 3 + 2, i * 3 + 3, i * 3 + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("INSERT INTO desired_patches (device_id, version, patch, created_at) VALUES {rows}");
+        // Only numbered placeholders are formatted into the text; the values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
+        for (device_id, version, patch) in chunk {
+            query = query.bind(device_id.as_str()).bind(*version).bind(patch.as_str());
+        }
+        query.execute(&mut *tx).await?;
+        // Versions count from 1 and the first patch is version 2: below that there is nothing.
+        let old: Vec<(&str, i64)> = chunk
+            .iter()
+            .map(|(device_id, version, _)| (device_id.as_str(), version - DESIRED_PATCHES_KEPT))
+            .filter(|(_, upto)| *upto >= 2)
+            .collect();
+        if old.is_empty() {
+            continue;
+        }
+        let terms = (0..old.len())
+            .map(|i| format!("(device_id = ${} AND version <= ${})", i * 2 + 1, i * 2 + 2))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("DELETE FROM desired_patches WHERE {terms}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (device_id, upto) in old {
+            query = query.bind(device_id).bind(upto);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 fn strip_version(patch: &Value) -> Map<String, Value> {
@@ -300,4 +443,24 @@ pub(super) fn twin_from_row(row: &AnyRow) -> Result<Twin, StoreError> {
         status: DeviceStatus::parse(&row.try_get::<String, _>("status")?),
         connection_state: row.try_get("connection_state")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn replacement_nulls_what_the_new_value_lacks() {
+        let old =
+            json!({"workflow": {"action": 3, "id": "a", "retryTimestamp": "t"}, "fileUrls": {"f1": "u1", "f2": "u2"}});
+        let new = json!({"workflow": {"action": 3, "id": "b"}, "fileUrls": {"f3": "u3"}});
+        let patch = replacement(&old, new);
+        assert_eq!(
+            patch,
+            json!({"workflow": {"action": 3, "id": "b", "retryTimestamp": null}, "fileUrls": {"f3": "u3", "f1": null, "f2": null}})
+        );
+        assert_eq!(replacement(&Value::Null, json!({"a": 1})), json!({"a": 1}));
+    }
 }

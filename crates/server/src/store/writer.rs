@@ -23,6 +23,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::devices::MqttSession;
+use super::record::PendingRecords;
 use super::twins::{TWIN_COLUMNS, Twin, TwinChange, apply_change, twin_from_row};
 use super::{Backend, Event, Store, StoreError};
 use crate::ids::now_rfc3339;
@@ -31,10 +32,10 @@ use crate::ids::now_rfc3339;
 pub(super) const POSTGRES_LANES: usize = 4;
 
 /// Most writes one transaction takes.
-const BATCH: usize = 512;
+pub(super) const BATCH: usize = 512;
 
-/// Rows per multi-row statement (the twins read and written back).
-const ROWS_PER_STATEMENT: usize = 64;
+/// Rows per multi-row statement (the twins read and written back, records, desired patches).
+pub(super) const ROWS_PER_STATEMENT: usize = 64;
 
 /// Attempts at one batch before its writes are answered with an error.
 const ATTEMPTS: u32 = 4;
@@ -42,16 +43,31 @@ const ATTEMPTS: u32 = 4;
 impl Store {
     /// Performs a write durably: hands it to its device's lane and waits for the commit.
     pub(super) async fn write(&self, job: Write) -> Result<Written, StoreError> {
+        let answer = self.submit(job).await?;
+        self.finish(answer).await
+    }
+
+    /// Hands a write to its device's lane without waiting for its commit: callers with many
+    /// writes submit ahead, so a lane's batch fills with them (see [`Self::finish`]).
+    pub(super) async fn submit(&self, job: Write) -> Result<oneshot::Receiver<Outcome>, StoreError> {
         let lane = &self.writer[lane_of(job.device_id(), self.writer.len())];
         let (reply, answer) = oneshot::channel();
-        let closed = || StoreError::Invalid("the store is shutting down".into());
-        lane.send((job, reply)).await.map_err(|_| closed())?;
-        let (written, event) = answer.await.map_err(|_| closed())??;
+        lane.send((job, reply)).await.map_err(|_| shutting_down())?;
+        Ok(answer)
+    }
+
+    /// Waits for the commit of a submitted write; publishes its event.
+    pub(super) async fn finish(&self, answer: oneshot::Receiver<Outcome>) -> Result<Written, StoreError> {
+        let (written, event) = answer.await.map_err(|_| shutting_down())??;
         if let Some(event) = event {
             let _ = self.events.send(event);
         }
         Ok(written)
     }
+}
+
+fn shutting_down() -> StoreError {
+    StoreError::Invalid("the store is shutting down".into())
 }
 
 /// Starts the lanes of a store; returns their inboxes.
@@ -111,8 +127,8 @@ impl Write {
 /// What a write produced.
 #[derive(Debug)]
 pub(super) enum Written {
-    /// The new twin, and whether its Device Update record changed.
-    Twin(Box<Twin>, bool),
+    /// The new twin (if asked for), and whether its Device Update record changed.
+    Twin(Option<Box<Twin>>, bool),
     Done,
 }
 
@@ -135,10 +151,15 @@ impl<E: Into<StoreError>> From<E> for ChangeError {
 }
 
 /// The twins a batch works on: read once at the start, changed in memory by each write in
-/// order, written back once at the end.
+/// order, written back once at the end with what goes with them (the Device Update records,
+/// the desired patches), in multi-row statements.
 #[derive(Default)]
 pub(super) struct Twins {
     loaded: HashMap<String, Loaded>,
+    /// The Device Update records the batch's twin changes altered.
+    pub(super) records: PendingRecords,
+    /// The desired patches the batch made, in order: device, version, patch (with `$version`).
+    pub(super) desired_patches: Vec<(String, i64, String)>,
 }
 
 struct Loaded {
@@ -151,6 +172,13 @@ impl Twins {
     /// The current state of a device's twin in this batch, `None` if the device does not exist.
     pub(super) fn get_mut(&mut self, device_id: &str) -> Option<&mut Twin> {
         self.loaded.get_mut(device_id).map(|l| &mut l.twin)
+    }
+
+    /// A device's twin in this batch (`None` if the device does not exist), beside the batch's
+    /// pending records.
+    pub(super) fn twin_and_records(&mut self, device_id: &str) -> Option<(&mut Twin, &mut PendingRecords)> {
+        let records = &mut self.records;
+        self.loaded.get_mut(device_id).map(|l| (&mut l.twin, records))
     }
 
     fn changed(&self) -> impl Iterator<Item = &Loaded> {
@@ -302,7 +330,7 @@ async fn apply_batch(
     for (job, _) in batch {
         outcomes.push(match job {
             Write::Twin(change) => match apply_change(tx, &mut twins, change, notify.cloned()).await {
-                Ok((twin, event, record_changed)) => Ok((Written::Twin(Box::new(twin), record_changed), event)),
+                Ok((twin, event, record_changed)) => Ok((Written::Twin(twin.map(Box::new), record_changed), event)),
                 Err(ChangeError::Store(StoreError::Database(error))) => return Err(StoreError::Database(error).into()),
                 Err(ChangeError::Store(error)) => Err(error),
                 Err(ChangeError::Conflict) => return Err(ChangeError::Conflict),
@@ -342,6 +370,11 @@ async fn apply_batch(
         });
     }
     store_twins(tx, &twins).await?;
+    let Twins { loaded, records, desired_patches } = twins;
+    let connection_state =
+        |device_id: &str| loaded.get(device_id).map(|l| l.twin.connection_state.clone()).unwrap_or_default();
+    records.write(tx, connection_state).await?;
+    super::twins::store_desired_patches(tx, &desired_patches).await?;
     Ok(outcomes)
 }
 

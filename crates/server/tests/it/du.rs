@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn toaster(version: &str, payload: &[u8]) -> ImportFixture {
+pub(crate) fn toaster(version: &str, payload: &[u8]) -> ImportFixture {
     ImportFixture::new(
         "contoso",
         "toaster",
@@ -24,16 +24,16 @@ fn toaster(version: &str, payload: &[u8]) -> ImportFixture {
 }
 
 /// A test server with its Device Update client and a file server for imports.
-struct Service {
-    server: TestServer,
-    du: DuClient,
-    files: FileServer,
-    _dir: tempfile::TempDir,
+pub(crate) struct Service {
+    pub(crate) server: TestServer,
+    pub(crate) du: DuClient,
+    pub(crate) files: FileServer,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Service {
     /// `None` when `backend` is not available here (see [`TestServer::start_on`]).
-    async fn start(backend: Backend) -> Option<Self> {
+    pub(crate) async fn start(backend: Backend) -> Option<Self> {
         let server = TestServer::start_on(backend).await?;
         let dir = tempfile::tempdir().unwrap();
         let files = FileServer::start(dir.path()).await.unwrap();
@@ -42,7 +42,7 @@ impl Service {
     }
 }
 
-async fn imported(du: &DuClient, files: &FileServer, fixture: &ImportFixture) -> Value {
+pub(crate) async fn imported(du: &DuClient, files: &FileServer, fixture: &ImportFixture) -> Value {
     fixture.write(files.dir()).unwrap();
     let operation = du.import(&json!([fixture.item(files)])).await.unwrap();
     assert_eq!(operation["status"], "Succeeded", "{operation}");
@@ -50,14 +50,14 @@ async fn imported(du: &DuClient, files: &FileServer, fixture: &ImportFixture) ->
 }
 
 /// The agent's startup report of a device of `model`.
-fn startup(model: &str) -> Value {
+pub(crate) fn startup(model: &str) -> Value {
     json!({"deviceUpdate": {"__t": "c", "agent": {
         "deviceProperties": {"manufacturer": "contoso", "model": model, "interfaceId": null,
             "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;3", "aduVer": "DU;agent/1.1.0"},
         "compatPropertyNames": "manufacturer,model"}}})
 }
 
-fn report(state: i64, workflow: &str, result: i64, installed: Option<&str>) -> Value {
+pub(crate) fn report(state: i64, workflow: &str, result: i64, installed: Option<&str>) -> Value {
     let mut agent = json!({
         "state": state,
         "workflow": {"action": 3, "id": workflow},
@@ -70,7 +70,7 @@ fn report(state: i64, workflow: &str, result: i64, installed: Option<&str>) -> V
     json!({"deviceUpdate": {"__t": "c", "agent": agent}})
 }
 
-async fn agent_device(server: &TestServer, id: &str, group: Option<&str>, model: &str) -> TestDevice {
+pub(crate) async fn agent_device(server: &TestServer, id: &str, group: Option<&str>, model: &str) -> TestDevice {
     let mut device = server.new_device(id).await;
     device.subscribe_desired().await.unwrap();
     if let Some(group) = group {
@@ -82,12 +82,12 @@ async fn agent_device(server: &TestServer, id: &str, group: Option<&str>, model:
 }
 
 /// Waits for a desired patch carrying a `deviceUpdate.service.workflow`; returns the service.
-async fn next_service(device: &mut TestDevice) -> Value {
+pub(crate) async fn next_service(device: &mut TestDevice) -> Value {
     next_service_where(device, |_| true).await
 }
 
 /// Waits for a desired patch whose `deviceUpdate.service` passes `wanted`.
-async fn next_service_where(device: &mut TestDevice, wanted: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn next_service_where(device: &mut TestDevice, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -17,6 +17,7 @@ mod isolation;
 mod query;
 mod record;
 mod rest;
+mod rollout;
 #[cfg(feature = "object-store")]
 mod s3;
 mod support;
@@ -66,6 +67,7 @@ suite! {
     twin::a_reconnecting_device_sees_the_latest_desired_properties,
     twin::patches_breaking_the_twin_limits_are_refused_and_change_nothing,
     twin::concurrent_twin_and_registry_writes_all_succeed,
+    twin::a_desired_member_replaced_on_many_devices_is_a_patch_against_each_twin,
     isolation::a_device_cannot_reach_another_devices_topics_or_twin,
     rest::rest_requests_need_a_valid_service_token,
     rest::devices_are_created_listed_read_and_deleted,
@@ -77,6 +79,11 @@ suite! {
     du::reference_steps_ship_child_manifests,
     du::a_deployment_reaches_devices_and_their_reports_drive_its_status,
     du::a_rollback_policy_redeploys_to_the_failed_devices,
+    rollout::a_device_that_goes_back_during_the_bake_is_no_success,
+    rollout::the_rate_and_the_window_hold_devices_back_on_the_rollout_clock,
+    rollout::operators_pause_resume_promote_and_abort_with_their_names_recorded,
+    rollout::two_nodes_on_one_database_start_each_wave_and_each_budget_once,
+    rollout::a_tripped_gate_rolls_back_the_failed_and_a_late_device_joins_the_current_wave,
     du::lists_page_and_requests_are_authenticated,
     record::the_record_always_agrees_with_the_twins,
     record::records_are_built_from_existing_twins_at_startup,

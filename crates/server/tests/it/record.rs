@@ -33,8 +33,9 @@ enum Op {
     Tag { device: usize, group: Option<usize> },
     /// IoT Hub's twin PUT: tags replaced.
     Replace { device: usize, group: Option<usize> },
-    /// The service writes a workflow (a deployment, a cancel, a retry).
-    Desired { device: usize, workflow: usize, cancel: bool, retry: bool },
+    /// The service writes a workflow (a deployment, a cancel, a retry); with `bulk` as the
+    /// reconciler does (`Store::replace_desired_members`), else as a desired patch.
+    Desired { device: usize, workflow: usize, cancel: bool, retry: bool, bulk: bool },
     /// The device deleted and created again.
     Recreate { device: usize },
 }
@@ -64,8 +65,9 @@ fn op() -> impl Strategy<Value = Op> {
         device.clone().prop_map(|device| Op::RemoveAgent { device }),
         (device.clone(), prop::option::of(0..2usize)).prop_map(|(device, group)| Op::Tag { device, group }),
         (device.clone(), prop::option::of(0..2usize)).prop_map(|(device, group)| Op::Replace { device, group }),
-        (device.clone(), 0..2usize, any::<bool>(), any::<bool>())
-            .prop_map(|(device, workflow, cancel, retry)| { Op::Desired { device, workflow, cancel, retry } }),
+        (device.clone(), 0..2usize, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(device, workflow, cancel, retry, bulk)| Op::Desired { device, workflow, cancel, retry, bulk }
+        ),
         device.prop_map(|device| Op::Recreate { device }),
     ]
 }
@@ -125,11 +127,21 @@ async fn apply(store: &Store, op: &Op) -> Result<(), String> {
             let tags = group.map_or(json!({}), |g| json!({"ADUGroup": format!("group-{g}"), "other": 1}));
             store.replace_twin(&device_id(*device), Some(&tags), None, None).await.map_err(e)?;
         }
-        Op::Desired { device, workflow, cancel, retry } => {
+        Op::Desired { device, workflow, cancel, retry, bulk } => {
             let mut flow = json!({"action": if *cancel { 255 } else { 3 }, "id": WORKFLOWS[*workflow]});
-            flow["retryTimestamp"] = if *retry { "2026-12-06T00:00:00Z".into() } else { Value::Null };
-            let patch = json!({"deviceUpdate": {"__t": "c", "service": {"workflow": flow}}});
-            store.patch_desired(&device_id(*device), &patch, None).await.map_err(e)?;
+            if *bulk {
+                if *retry {
+                    flow["retryTimestamp"] = "2026-12-06T00:00:00Z".into();
+                }
+                let service = std::sync::Arc::new(json!({"workflow": flow}));
+                let mut outcomes =
+                    store.replace_desired_members("deviceUpdate", "service", vec![(device_id(*device), service)]).await;
+                outcomes.pop().unwrap_or(Ok(())).map_err(e)?;
+            } else {
+                flow["retryTimestamp"] = if *retry { "2026-12-06T00:00:00Z".into() } else { Value::Null };
+                let patch = json!({"deviceUpdate": {"__t": "c", "service": {"workflow": flow}}});
+                store.patch_desired(&device_id(*device), &patch, None).await.map_err(e)?;
+            }
         }
         Op::Recreate { device } => {
             store.delete_device(&device_id(*device), None).await.map_err(e)?;
@@ -164,6 +176,7 @@ fn deployment(workflow: usize, version: usize, canceled: bool, group: &str, clas
         excluded_subgroups: Default::default(),
         target_devices: None,
         target_device_class: None,
+        rollout: None,
     }
 }
 
@@ -333,7 +346,7 @@ pub(crate) async fn records_are_built_from_existing_twins_at_startup(backend: Ba
         Op::Startup { device: 1, model: 1, names: false },
         Op::Tag { device: 1, group: Some(1) },
         Op::Report { device: 1, state: Some(255), workflow: Some(0), result: Some(0), installed: Some(0) },
-        Op::Desired { device: 0, workflow: 1, cancel: false, retry: true },
+        Op::Desired { device: 0, workflow: 1, cancel: false, retry: true, bulk: false },
     ];
     for index in 0..DEVICES {
         store.create_device(&spec(index)).await.unwrap();

@@ -1,6 +1,9 @@
 //! Device twins over MQTT and REST: GET, reported patches, desired patches and their delivery,
 //! the document limits.
 
+use std::sync::Arc;
+
+use duhub_server::store::StoreError;
 use duhub_testkit::{Backend, DeviceError, TIMEOUT, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -289,5 +292,48 @@ pub(crate) async fn concurrent_writes_of_many_devices_all_land_and_each_device_k
         assert_eq!(twin.reported.len(), 1 + REPORTED as usize, "no patch lost: {:?}", twin.reported);
         assert_eq!(twin.desired["d"], DESIRED - 1, "{id}");
     }
+    server.shutdown().await;
+}
+
+/// The reconciler's write path (`Store::replace_desired_members`): one value set on many devices
+/// in the writer's batches, each as a merge patch against the device's own twin that nulls
+/// what the old value had and the new one lacks; the patch is recorded for other nodes and
+/// delivered to a subscribed device; a missing device fails alone; writing it again is a no-op
+/// for the document.
+pub(crate) async fn a_desired_member_replaced_on_many_devices_is_a_patch_against_each_twin(backend: Backend) {
+    let Some(server) = TestServer::start_on(backend).await else { return };
+    let service = server.service();
+    let mut subscribed = server.new_device("many-0").await;
+    subscribed.subscribe_desired().await.unwrap();
+    server.create_device("many-1").await;
+    let old = json!({"comp": {"__t": "c", "svc": {"old": 1, "keep": {"a": 1, "b": 2}}}, "other": true});
+    service.update_desired("many-1", &old).await.unwrap();
+
+    let store = server.hub().store();
+    let value = Arc::new(json!({"keep": {"a": 5}, "new": "x"}));
+    let writes = ["many-0", "many-1", "absent"].map(|id| (id.to_owned(), value.clone())).to_vec();
+    let outcomes = store.replace_desired_members("comp", "svc", writes).await;
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Err(StoreError::NotFound(_))), "{outcomes:?}");
+
+    let twin = store.twin("many-1").await.unwrap();
+    assert_eq!(
+        Value::Object(twin.desired),
+        json!({"comp": {"__t": "c", "svc": {"keep": {"a": 5}, "new": "x"}}, "other": true})
+    );
+    assert_eq!(twin.desired_version, 3);
+    assert_eq!(
+        store.desired_patch("many-1", 3).await.unwrap(),
+        Some(json!({"comp": {"__t": "c", "svc": {"keep": {"a": 5, "b": null}, "new": "x", "old": null}}, "$version": 3})),
+        "the recorded patch nulls what the old value had"
+    );
+    let patch = subscribed.next_desired(TIMEOUT).await.unwrap();
+    assert_eq!(patch.body, json!({"comp": {"__t": "c", "svc": {"keep": {"a": 5}, "new": "x"}}, "$version": 2}));
+
+    let again = store.replace_desired_members("comp", "svc", vec![("many-1".to_owned(), value.clone())]).await;
+    assert!(again[0].is_ok(), "{again:?}");
+    let twin = store.twin("many-1").await.unwrap();
+    assert_eq!(twin.desired_version, 4);
+    assert_eq!(twin.desired["comp"]["svc"], *value, "the same value again leaves the document as it was");
     server.shutdown().await;
 }

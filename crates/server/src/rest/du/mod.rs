@@ -34,6 +34,10 @@ pub struct DuState {
     pub du: Arc<DeviceUpdate>,
 }
 
+/// The name of the API token a request was authorised with (recorded in rollout histories).
+#[derive(Debug, Clone)]
+pub(crate) struct TokenName(pub(crate) String);
+
 /// The api-version of a request.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiVersion(pub(crate) &'static str);
@@ -152,9 +156,11 @@ pub fn router(state: DuState) -> Router {
             &format!("{g}/deployments/{{deployment}}"),
             get(management::deployments::get_deployment)
                 .put(management::deployments::put_deployment)
-                .delete(management::deployments::delete_deployment),
+                .delete(management::deployments::delete_deployment)
+                .post(management::rollouts::rollout_action),
         )
         .route(&format!("{g}/deployments/{{deployment}}/status"), get(management::deployments::deployment_status))
+        .route(&format!("{g}/deployments/{{deployment}}/rollout"), get(management::rollouts::get_rollout))
         .route(&format!("{g}/deviceClassSubgroups"), get(management::subgroups::list_subgroups))
         .route(&s, get(management::subgroups::get_subgroup).delete(management::subgroups::delete_subgroup))
         .route(&format!("{s}/updateCompliance"), get(management::compliance::subgroup_compliance))
@@ -215,9 +221,11 @@ async fn guard(State(state): State<DuState>, mut request: Request, next: Next) -
     let Some(token) = token else {
         return unauthorized("send an API token as `Authorization: Bearer <token>`");
     };
-    match state.du.store().api_token_valid(&token).await {
-        Ok(true) => {}
-        Ok(false) => return unauthorized("the API token is unknown or revoked"),
+    match state.du.store().api_token_name(&token).await {
+        Ok(Some(name)) => {
+            request.extensions_mut().insert(TokenName(name));
+        }
+        Ok(None) => return unauthorized("the API token is unknown or revoked"),
         Err(error) => return DuError::from(error).into_response(),
     }
     let instance = request.uri().path().split('/').nth(2).unwrap_or_default();

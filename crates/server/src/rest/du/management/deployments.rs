@@ -37,6 +37,9 @@ struct DeploymentBody {
     rollback_policy: Option<Value>,
     #[serde(default, deserialize_with = "lenient")]
     download_security: Option<String>,
+    /// duhub extension: a phased rollout policy (`du::rollout::RolloutPolicy`).
+    #[serde(default)]
+    rollout: Option<Value>,
 }
 
 /// `{"updateId": {...}}`; the id is kept as JSON so that its errors name the pointer.
@@ -180,6 +183,16 @@ pub(in crate::rest::du) async fn put_deployment(
                 .with_target("downloadSecurity"));
         }
     };
+    let rollout = match &body.rollout {
+        None | Some(Value::Null) => None,
+        Some(policy) => Some(crate::du::rollout::Rollout {
+            policy: crate::du::rollout::RolloutPolicy::from_json(policy).map_err(|e| {
+                DuError::bad_request(format!("rollout{}: {}", e.pointer, e.message))
+                    .with_target(format!("rollout{}", e.pointer))
+            })?,
+            state: Default::default(),
+        }),
+    };
     let (snapshot, _) = find_group(&state, &group).await?;
     for (id, target) in
         std::iter::once((&update, "update")).chain(rollback_policy.iter().map(|p| (&p.update, "rollbackPolicy")))
@@ -201,6 +214,7 @@ pub(in crate::rest::du) async fn put_deployment(
         excluded_subgroups: Default::default(),
         target_devices: None,
         target_device_class: None,
+        rollout,
     };
     let stored = state.du.put_deployment(deployment).await?;
     state.du.wake();

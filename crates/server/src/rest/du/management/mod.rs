@@ -10,6 +10,7 @@ pub(super) mod deployments;
 pub(super) mod devices;
 pub(super) mod groups;
 pub(super) mod operations;
+pub(super) mod rollouts;
 pub(super) mod subgroups;
 pub(super) mod tokens;
 
