@@ -532,10 +532,20 @@ pub enum DeploymentCommand {
     /// The deployment starts at --start (RFC 3339, default now). With a rollback policy, devices
     /// that fail are sent the rollback update once --rollback-failed-count devices and
     /// --rollback-failed-percent percent of the subgroup have failed.
+    ///
+    /// With --waves it is a phased rollout (a duhub extension): the waves start one after the
+    /// other as their success gate passes, and the failure gate pauses, aborts or rolls back
+    /// (see "Phased rollout" below and the README). The policy is checked before anything is
+    /// sent. With --json: the deployment the server returned, with the rollout (as `deployment
+    /// status` shows it) as its `rollout` member.
     #[command(after_help = "Examples:\n  duhub deployment create line-1 toaster-1-0 --update Contoso/Toaster/1.0\n  \
 duhub deployment create line-1 toaster-1-0 --update Contoso/Toaster/1.0 \\\n    \
 --start 2026-12-01T02:00:00Z --rollback-update Contoso/Toaster/0.9 \\\n    \
---rollback-failed-count 5 --rollback-failed-percent 10")]
+--rollback-failed-count 5 --rollback-failed-percent 10\n  \
+duhub deployment create line-1 toaster-2-0 --update Contoso/Toaster/2.0 \\\n    \
+--waves 1%,10%,50%,100% --bake 30m --success-percent 95 --max-failure-percent 5 \\\n    \
+--min-executed 20 --device-timeout 2h --on-failure pause --rate 100/min,double --window 02:00-05:00\n  \
+duhub deployment create line-1 toaster-2-0 --update Contoso/Toaster/2.0 --waves 10,100,100% --approve-waves")]
     Create(DeploymentCreateArgs),
     /// List the deployments of a group.
     #[command(after_help = "Examples:\n  duhub deployment list line-1")]
@@ -545,10 +555,17 @@ duhub deployment create line-1 toaster-1-0 --update Contoso/Toaster/1.0 \\\n    
     Show(DeploymentArgs),
     /// Show the state of a deployment in each device class subgroup; with --devices, each device.
     ///
-    /// With --devices and --json: {"status", "deviceStates": [{"deviceClassId", "devices"}]}.
+    /// A phased rollout is shown too: its status and current wave, the policy, the gates (the
+    /// current wave's successes against what its success gate needs; the failures since the
+    /// last acceptance against the failure gate's threshold), every wave (size, start, devices
+    /// by outcome) and the history (time, event, wave, cause with the API token's name, counts).
+    /// With --json: the server's status, plus a `rollout` member (GET .../rollout) when the
+    /// deployment has one; with --devices: {"status", "deviceStates": [{"deviceClassId",
+    /// "devices"}], "rollout"?}.
     #[command(after_help = "Examples:\n  duhub deployment status line-1 toaster-1-0\n  \
 duhub deployment status line-1 toaster-1-0 --devices\n  \
-duhub deployment status line-1 toaster-1-0 --wait --timeout 1800")]
+duhub deployment status line-1 toaster-1-0 --wait --timeout 1800\n  \
+duhub deployment status line-1 toaster-2-0 --json | jq .rollout.history")]
     Status(DeploymentStatusArgs),
     /// Stop a deployment in one device class subgroup, or in all of its subgroups.
     ///
@@ -564,6 +581,31 @@ duhub deployment cancel line-1 toaster-1-0 --device-class 3ebe2a9a5ecc9b2ea71b6c
     /// Delete a deployment.
     #[command(after_help = "Examples:\n  duhub deployment delete line-1 toaster-1-0")]
     Delete(DeploymentArgs),
+    /// Pause a phased rollout: no more devices are started (those told go on).
+    ///
+    /// Refused (exit 1) when the rollout is already paused or was aborted. With --json: the
+    /// rollout the server returned.
+    #[command(after_help = "Examples:\n  duhub deployment pause line-1 toaster-2-0\n  \
+duhub deployment pause line-1 toaster-2-0 --json")]
+    Pause(DeploymentArgs),
+    /// Resume a paused rollout. The failures so far are accepted: the failure gate counts only
+    /// what finishes from now on.
+    ///
+    /// Refused (exit 1) unless the rollout is paused. With --json: the rollout.
+    #[command(after_help = "Examples:\n  duhub deployment resume line-1 toaster-2-0")]
+    Resume(DeploymentArgs),
+    /// Start a rollout's next wave now, whatever its success gate says (and approve it when it
+    /// waits for approval); a paused rollout runs again, its failures so far accepted.
+    ///
+    /// Refused (exit 1) in the last wave, before the first wave started and after an abort.
+    /// With --json: the rollout.
+    #[command(after_help = "Examples:\n  duhub deployment promote line-1 toaster-2-0")]
+    Promote(DeploymentArgs),
+    /// Abort a rollout: every device not finished is cancelled, and nothing more starts.
+    ///
+    /// With --json: the rollout.
+    #[command(after_help = "Examples:\n  duhub deployment abort line-1 toaster-2-0")]
+    Abort(DeploymentArgs),
 }
 
 /// Arguments of `duhub deployment create`.
@@ -600,9 +642,63 @@ pub struct DeploymentCreateArgs {
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     pub rollback_failed_percent: Option<u8>,
+    /// A phased rollout.
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
     /// Where the server is.
     #[command(flatten)]
     pub du: DuArgs,
+}
+
+/// The phased rollout options of `duhub deployment create` (a duhub extension).
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Phased rollout")]
+pub struct RolloutArgs {
+    /// Roll out in waves: cumulative sizes, percentages of the group's compatible devices
+    /// (1%,10%,100%) or counts (5,50,500; percentages may follow counts). Every device class
+    /// has devices in every wave; within a class the seed ranks which devices come first.
+    #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = crate::cli::parse_wave)]
+    pub waves: Vec<duhub_server::du::rollout::WaveSize>,
+    /// How long a device must stay connected on the update to count as a success (30s, 30m,
+    /// 2h, 1d, 1h30m) [default: 0s].
+    #[arg(long, value_name = "DURATION", requires = "waves", value_parser = crate::cli::parse_duration)]
+    pub bake: Option<u64>,
+    /// Success gate: the percentage of a wave's devices that must succeed before the next wave
+    /// starts [default: 100].
+    #[arg(long, value_name = "P", requires = "waves")]
+    pub success_percent: Option<f64>,
+    /// Failure gate: it trips when more than P percent of the finished devices of the started
+    /// waves failed (failed, timed out, offline after installing, back on another update during
+    /// the bake) [default: 100].
+    #[arg(long, value_name = "P", requires = "waves")]
+    pub max_failure_percent: Option<f64>,
+    /// The failure gate is evaluated once at least N devices finished [default: 0].
+    #[arg(long, value_name = "N", requires = "waves")]
+    pub min_executed: Option<u64>,
+    /// A device not done this long after it was started counts as failed (30m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", requires = "waves", value_parser = crate::cli::parse_duration)]
+    pub device_timeout: Option<u64>,
+    /// What a tripped failure gate does: pause (start no more devices), abort (cancel every
+    /// device not finished), rollback (send --rollback-update to the failed devices, and pause)
+    /// [default: pause].
+    #[arg(long, value_name = "pause|abort|rollback", requires = "waves", value_parser = crate::cli::parse_on_failure)]
+    pub on_failure: Option<duhub_server::du::rollout::OnFailure>,
+    /// Start at most N devices a minute: N/min, or N/min,double to double the rate with every
+    /// wave.
+    #[arg(long, value_name = "N/min[,double]", requires = "waves", value_parser = crate::cli::parse_rate)]
+    pub rate: Option<duhub_server::du::rollout::Rate>,
+    /// Start devices only in this daily UTC window, e.g. 02:00-05:00 (it may wrap midnight:
+    /// 22:00-04:00).
+    #[arg(long, value_name = "HH:MM-HH:MM", requires = "waves", value_parser = crate::cli::parse_window)]
+    pub window: Option<duhub_server::du::rollout::Window>,
+    /// Every wave after the first waits for `duhub deployment promote` once its predecessor
+    /// passed the success gate.
+    #[arg(long, requires = "waves")]
+    pub approve_waves: bool,
+    /// The seed that ranks the devices (the same seed picks the same devices) [default: drawn
+    /// by the server, shown by `deployment status`].
+    #[arg(long, value_name = "N", requires = "waves")]
+    pub seed: Option<u64>,
 }
 
 /// A deployment of a group and the server.
@@ -632,7 +728,8 @@ pub struct DeploymentStatusArgs {
     #[arg(long)]
     pub devices: bool,
     /// Wait until no device of the deployment is in progress any more (progress on stderr),
-    /// then show the status; exit 1 if a device failed or time ran out.
+    /// then show the status; exit 1 if a device failed or time ran out. With a rollout: until
+    /// it completed, was aborted or paused (exit 1), or waits for approval (exit 0).
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits, in seconds.
@@ -719,6 +816,71 @@ pub fn parse_update_id(text: &str) -> Result<duhub_proto::UpdateId, String> {
         }
         _ => Err(format!("expected PROVIDER/NAME/VERSION, e.g. Contoso/Toaster/1.0, not '{text}'")),
     }
+}
+
+/// Parses a duration in seconds: `30s`, `30m`, `2h`, `1d` or several (`1h30m`).
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("expected a duration such as 30s, 30m, 2h, 1d or 1h30m, not {text:?}");
+    let (mut total, mut number, mut any) = (0u64, String::new(), false);
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|seconds| total.checked_add(seconds)).ok_or_else(bad)?;
+        number.clear();
+        any = true;
+    }
+    if !any || !number.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Parses `--rate`: `N/min`, or `N/min,double` for a rate that doubles with every wave.
+pub fn parse_rate(text: &str) -> Result<duhub_server::du::rollout::Rate, String> {
+    let bad = || format!("expected N/min or N/min,double (e.g. 100/min,double), not {text:?}");
+    let (rate, option) = match text.split_once(',') {
+        Some((rate, option)) => (rate, Some(option.trim())),
+        None => (text, None),
+    };
+    let double_per_wave = match option {
+        None => false,
+        Some("double") => true,
+        Some(_) => return Err(bad()),
+    };
+    let devices_per_minute: u64 =
+        rate.trim().strip_suffix("/min").ok_or_else(bad)?.trim().parse().map_err(|_| bad())?;
+    Ok(duhub_server::du::rollout::Rate { devices_per_minute, double_per_wave })
+}
+
+/// Parses `--on-failure`.
+pub fn parse_on_failure(text: &str) -> Result<duhub_server::du::rollout::OnFailure, String> {
+    use duhub_server::du::rollout::OnFailure;
+    match text {
+        "pause" => Ok(OnFailure::Pause),
+        "abort" => Ok(OnFailure::Abort),
+        "rollback" => Ok(OnFailure::Rollback),
+        other => Err(format!("expected pause, abort or rollback, not {other:?}")),
+    }
+}
+
+/// Parses one size of `--waves`: `10%` or `20`.
+pub fn parse_wave(text: &str) -> Result<duhub_server::du::rollout::WaveSize, String> {
+    text.parse()
+}
+
+/// Parses `--window`: `HH:MM-HH:MM` (UTC).
+pub fn parse_window(text: &str) -> Result<duhub_server::du::rollout::Window, String> {
+    text.parse()
 }
 
 /// Parses an RFC 3339 date and time, e.g. `2026-12-01T02:00:00Z`.

@@ -8,6 +8,7 @@
 pub(super) mod client;
 pub(super) mod deployments;
 pub(super) mod management;
+pub(super) mod rollouts;
 pub(super) mod tokens;
 pub(super) mod updates;
 

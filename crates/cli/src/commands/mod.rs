@@ -69,6 +69,18 @@ pub fn dispatch(matches: &ArgMatches) -> Result<Outcome> {
             du::deployments::cancel_or_retry(&args, du::deployments::SubgroupAction::Retry)
         }
         Command::Deployment(DeploymentCommand::Delete(args)) => du::deployments::delete(&args),
+        Command::Deployment(DeploymentCommand::Pause(args)) => {
+            du::rollouts::control(&args, du::rollouts::Control::Pause)
+        }
+        Command::Deployment(DeploymentCommand::Resume(args)) => {
+            du::rollouts::control(&args, du::rollouts::Control::Resume)
+        }
+        Command::Deployment(DeploymentCommand::Promote(args)) => {
+            du::rollouts::control(&args, du::rollouts::Control::Promote)
+        }
+        Command::Deployment(DeploymentCommand::Abort(args)) => {
+            du::rollouts::control(&args, du::rollouts::Control::Abort)
+        }
         Command::Token(TokenCommand::List(args)) => du::tokens::list(&args),
         Command::Token(TokenCommand::Create(args)) => du::tokens::create(&args),
         Command::Token(TokenCommand::Revoke(args)) => du::tokens::revoke(&args),

@@ -28,6 +28,10 @@ const COMMANDS: &[&[&str]] = &[
     &["deployment", "cancel"],
     &["deployment", "retry"],
     &["deployment", "delete"],
+    &["deployment", "pause"],
+    &["deployment", "resume"],
+    &["deployment", "promote"],
+    &["deployment", "abort"],
     &["compliance"],
     &["token", "list"],
     &["token", "create"],
@@ -41,7 +45,10 @@ fn every_device_update_command_has_help_with_json_admin_instance_and_examples() 
     }
     assert_help(&["group"], &["list", "show"]);
     assert_help(&["device-class"], &["list", "show"]);
-    assert_help(&["deployment"], &["create", "list", "show", "status", "cancel", "retry", "delete"]);
+    assert_help(
+        &["deployment"],
+        &["create", "list", "show", "status", "cancel", "retry", "delete", "pause", "resume", "promote", "abort"],
+    );
     assert_help(&["token"], &["list", "create", "revoke"]);
     assert_help(&["update"], &["import", "list", "show", "delete"]);
 }
@@ -61,6 +68,19 @@ fn help_names_each_commands_own_options() {
             "--rollback-update <PROVIDER/NAME/VERSION>",
             "--rollback-failed-count <N>",
             "--rollback-failed-percent <P>",
+            "Phased rollout:",
+            "--waves <SIZE,...>",
+            "--bake <DURATION>",
+            "--success-percent <P>",
+            "--max-failure-percent <P>",
+            "--min-executed <N>",
+            "--device-timeout <DURATION>",
+            "--on-failure <pause|abort|rollback>",
+            "--rate <N/min[,double]>",
+            "--window <HH:MM-HH:MM>",
+            "--approve-waves",
+            "--seed <N>",
+            "--waves 1%,10%,50%,100%",
         ],
     );
     assert_help(&["deployment", "status"], &["<GROUP> <ID>", "--devices"]);

@@ -15,6 +15,7 @@ mod keys;
 mod manifest;
 mod readme;
 mod rollout;
+mod rollout_cli;
 mod simulate;
 mod support;
 mod update;

@@ -283,15 +283,34 @@ impl DeviceUpdate {
             .iter()
             .filter_map(|(class, s)| Some((class.clone(), s.rollback_deployment.clone()?)))
             .collect();
-        // Pages of the group's records until the page is full: the state filter is computed, not
-        // stored, so it is applied here.
+        // Pages of the group's records until the page is full. A device's state is computed
+        // from its class and facts, not stored: with a state filter only the records of the
+        // (class, facts) buckets in that state are read, and the state is checked here. The
+        // first read is the page and one more (all an unfiltered page needs); each further read
+        // is twice the last, up to 500 records.
         let filter = RecordFilter { group_id: Some(group.to_owned()), ..Default::default() };
+        let in_state: Option<Vec<(String, crate::store::Facts)>> = devices.state.map(|state| {
+            snapshot
+                .buckets_of(group, None)
+                .filter(|b| {
+                    deployment
+                        .subgroups
+                        .get(&b.class.id)
+                        .is_some_and(|subgroup| deploy::device_state(deployment, subgroup, &b.facts) == state)
+                })
+                .map(|b| (b.class.id.clone(), b.facts.clone()))
+                .collect()
+        });
         let mut members: Vec<RecordRow> = Vec::new();
         let mut cursor = devices.after.clone();
         let mut more = false;
+        let mut size = devices.limit.saturating_add(1).min(500);
         'pages: loop {
-            let batch = self.store.records(&filter, (!cursor.is_empty()).then_some(cursor.as_str()), 500).await?;
-            let exhausted = batch.len() < 500;
+            let wanted = i64::try_from(size).unwrap_or(500);
+            let after = (!cursor.is_empty()).then_some(cursor.as_str());
+            let batch = self.store.records_reporting(&filter, in_state.as_deref(), after, wanted).await?;
+            let exhausted = batch.len() < size;
+            size = size.saturating_mul(2).min(500);
             for record in batch {
                 cursor.clone_from(&record.device_id);
                 let Some(subgroup) = deployment.subgroups.get(&record.class_id) else { continue };

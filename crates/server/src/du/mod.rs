@@ -120,6 +120,8 @@ pub struct DeviceUpdate {
     reconciling: tokio::sync::Mutex<()>,
     /// Added to the real time by the rollouts' clock (`rollout_now`; only tests move it).
     clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Snapshots of the database's current data version.
+    snapshots: snapshot::SnapshotCache,
 }
 
 impl DeviceUpdate {
@@ -151,6 +153,7 @@ impl DeviceUpdate {
             wake: Notify::new(),
             reconciling: tokio::sync::Mutex::new(()),
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+            snapshots: snapshot::SnapshotCache::default(),
         }))
     }
 

@@ -4,7 +4,8 @@
 //! them (which deployment governs a subgroup, a device's state in it, the best update of a
 //! class).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use duhub_proto::update_id::UpdateId;
 
@@ -13,6 +14,8 @@ use super::fleet::{self, DeviceClass};
 use super::model::{StoredDeployment, StoredUpdate, update_key};
 use super::{DEVICE_CLASS, DeviceUpdate, GROUP, SUBGROUP, ServiceError, subgroup_key};
 use crate::ids::now_rfc3339;
+#[cfg(doc)]
+use crate::store::Store;
 use crate::store::{Facts, RecordRow};
 
 /// Devices of one group and class that report the same [`Facts`].
@@ -45,10 +48,145 @@ pub struct Snapshot {
     pub updates: Vec<StoredUpdate>,
 }
 
+/// Snapshots of the database's current data version ([`Store::data_version`]), so that
+/// repeated questions about a fleet that did not change cost no `GROUP BY` and no parsing of
+/// deployments and updates. Every write (on any node) changes the version, so an answer from
+/// the cache is the answer the database would give now; only the snapshot's `now` is fresh.
+#[derive(Default)]
+pub(super) struct SnapshotCache {
+    state: std::sync::Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// The data version everything below was read at (or after).
+    version: String,
+    /// Deployments, revisions and updates.
+    base: Option<Arc<Base>>,
+    /// Device counts and rollback targets, by the group asked for (`None`: every group).
+    counted: HashMap<Option<String>, Arc<Counted>>,
+}
+
+struct Base {
+    deployments: Vec<StoredDeployment>,
+    revisions: Vec<i64>,
+    updates: Vec<StoredUpdate>,
+}
+
+struct Counted {
+    buckets: Vec<Bucket>,
+    targets: Vec<RecordRow>,
+}
+
+/// Groups whose counts the cache keeps at most (an operator browsing many groups does not grow
+/// it without bound).
+const CACHED_GROUPS: usize = 64;
+
+impl SnapshotCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn base(&self, version: &str) -> Option<Arc<Base>> {
+        let state = self.lock();
+        if state.version != version {
+            return None;
+        }
+        state.base.clone()
+    }
+
+    fn counted(&self, version: &str, group: Option<&str>) -> Option<Arc<Counted>> {
+        let state = self.lock();
+        if state.version != version {
+            return None;
+        }
+        state.counted.get(&group.map(str::to_owned)).cloned()
+    }
+
+    /// The state for `version`, emptied when it was of another version.
+    fn at<'a>(state: &'a mut CacheState, version: &str) -> &'a mut CacheState {
+        if state.version != version {
+            *state = CacheState { version: version.to_owned(), ..CacheState::default() };
+        }
+        state
+    }
+
+    fn keep_base(&self, version: &str, base: Arc<Base>) {
+        let mut state = self.lock();
+        Self::at(&mut state, version).base = Some(base);
+    }
+
+    fn keep_counted(&self, version: &str, group: Option<&str>, counted: Arc<Counted>) {
+        let mut state = self.lock();
+        let state = Self::at(&mut state, version);
+        if state.counted.len() >= CACHED_GROUPS {
+            state.counted.clear();
+        }
+        state.counted.insert(group.map(str::to_owned), counted);
+    }
+}
+
 impl DeviceUpdate {
     /// Reads device counts (of every group, or of `group`), deployments and updates, and records
-    /// groups, classes and subgroups seen for the first time.
+    /// groups, classes and subgroups seen for the first time. Answered from the cache while the
+    /// database's data version is unchanged.
     pub async fn snapshot_of(&self, group: Option<&str>) -> Result<Snapshot, ServiceError> {
+        let version = self.store.data_version().await?;
+        let base = self.base_at(&version).await?;
+        let counted = match self.snapshots.counted(&version, group) {
+            Some(counted) => counted,
+            None => {
+                let counted = Arc::new(self.count(group, &base).await?);
+                self.snapshots.keep_counted(&version, group, counted.clone());
+                counted
+            }
+        };
+        Ok(Snapshot {
+            now: now_rfc3339(),
+            buckets: counted.buckets.clone(),
+            targets: counted.targets.clone(),
+            deployments: base.deployments.clone(),
+            revisions: base.revisions.clone(),
+            updates: base.updates.clone(),
+        })
+    }
+
+    /// Deployments and updates only, without device counts (no `GROUP BY`; `buckets` and
+    /// `targets` are empty): for answers about a page of device records, which bring their own
+    /// facts and class ([`Snapshot::device_states`]), so that a page costs a page.
+    pub async fn deployments_snapshot(&self) -> Result<Snapshot, ServiceError> {
+        let version = self.store.data_version().await?;
+        let base = self.base_at(&version).await?;
+        Ok(Snapshot {
+            now: now_rfc3339(),
+            buckets: Vec::new(),
+            targets: Vec::new(),
+            deployments: base.deployments.clone(),
+            revisions: base.revisions.clone(),
+            updates: base.updates.clone(),
+        })
+    }
+
+    /// [`Self::snapshot_of`] every group.
+    pub async fn snapshot(&self) -> Result<Snapshot, ServiceError> {
+        self.snapshot_of(None).await
+    }
+
+    /// Deployments and updates as of `version` (read after it), from the cache or the store.
+    async fn base_at(&self, version: &str) -> Result<Arc<Base>, ServiceError> {
+        if let Some(base) = self.snapshots.base(version) {
+            return Ok(base);
+        }
+        let (deployments, revisions): (Vec<StoredDeployment>, Vec<i64>) = self.deployments().await?.into_iter().unzip();
+        let updates = self.updates().await?;
+        let base = Arc::new(Base { deployments, revisions, updates });
+        self.snapshots.keep_base(version, base.clone());
+        Ok(base)
+    }
+
+    /// Device counts (of every group, or of `group`) by `GROUP BY` on the records, the records
+    /// of rollback targets, and the group, class and subgroup records of what they name.
+    async fn count(&self, group: Option<&str>, base: &Base) -> Result<Counted, ServiceError> {
         let mut classes: BTreeMap<String, DeviceClass> = BTreeMap::new();
         let buckets = self
             .store
@@ -60,8 +198,8 @@ impl DeviceUpdate {
                 Bucket { group_id: b.group_id, class: class.clone(), facts: b.facts, count: b.count }
             })
             .collect::<Vec<_>>();
-        let (deployments, revisions): (Vec<StoredDeployment>, Vec<i64>) = self.deployments().await?.into_iter().unzip();
-        let target_ids: BTreeSet<String> = deployments
+        let target_ids: BTreeSet<String> = base
+            .deployments
             .iter()
             .filter(|d| group.is_none_or(|g| d.group_id == g))
             .filter_map(|d| d.target_devices.as_ref())
@@ -73,30 +211,13 @@ impl DeviceUpdate {
         } else {
             self.store.records_of(&target_ids.into_iter().collect::<Vec<_>>()).await?
         };
-        let updates = self.updates().await?;
-        let snapshot = Snapshot { now: now_rfc3339(), buckets, targets, deployments, revisions, updates };
-        let groups: BTreeSet<String> = snapshot.buckets.iter().map(|b| b.group_id.clone()).collect();
-        let classes: BTreeSet<String> = snapshot.buckets.iter().map(|b| b.class.id.clone()).collect();
-        let subgroups: BTreeSet<String> =
-            snapshot.buckets.iter().map(|b| subgroup_key(&b.group_id, &b.class.id)).collect();
+        let groups: BTreeSet<String> = buckets.iter().map(|b| b.group_id.clone()).collect();
+        let classes: BTreeSet<String> = buckets.iter().map(|b| b.class.id.clone()).collect();
+        let subgroups: BTreeSet<String> = buckets.iter().map(|b| subgroup_key(&b.group_id, &b.class.id)).collect();
         self.store.ensure_entities(GROUP, &groups.into_iter().collect::<Vec<_>>()).await?;
         self.store.ensure_entities(DEVICE_CLASS, &classes.into_iter().collect::<Vec<_>>()).await?;
         self.store.ensure_entities(SUBGROUP, &subgroups.into_iter().collect::<Vec<_>>()).await?;
-        Ok(snapshot)
-    }
-
-    /// Deployments and updates only, without device counts (no `GROUP BY`; `buckets` and
-    /// `targets` are empty): for answers about a page of device records, which bring their own
-    /// facts and class ([`Snapshot::device_states`]), so that a page costs a page.
-    pub async fn deployments_snapshot(&self) -> Result<Snapshot, ServiceError> {
-        let (deployments, revisions): (Vec<StoredDeployment>, Vec<i64>) = self.deployments().await?.into_iter().unzip();
-        let updates = self.updates().await?;
-        Ok(Snapshot { now: now_rfc3339(), buckets: Vec::new(), targets: Vec::new(), deployments, revisions, updates })
-    }
-
-    /// [`Self::snapshot_of`] every group.
-    pub async fn snapshot(&self) -> Result<Snapshot, ServiceError> {
-        self.snapshot_of(None).await
+        Ok(Counted { buckets, targets })
     }
 }
 

@@ -25,6 +25,7 @@ mod schema;
 mod sessions;
 mod twins;
 mod uploads;
+mod version;
 mod writer;
 
 pub use access::ApiToken;
@@ -125,6 +126,8 @@ pub struct Store {
     writer: Arc<[mpsc::Sender<Job>]>,
     /// Notified when a committed write changed a Device Update record.
     records_changed: Arc<tokio::sync::Notify>,
+    /// SQLite: the connection that reads `PRAGMA data_version` (see [`version`]).
+    version_probe: Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>,
 }
 
 impl Store {
@@ -165,8 +168,15 @@ impl Store {
         schema::migrate(&pool, backend).await?;
         let node_id: Arc<str> = node_id.into();
         let writer = start_lanes(&pool, backend, &node_id);
-        let store =
-            Self { pool, backend, events, node_id, writer, records_changed: Arc::new(tokio::sync::Notify::new()) };
+        let store = Self {
+            pool,
+            backend,
+            events,
+            node_id,
+            writer,
+            records_changed: Arc::new(tokio::sync::Notify::new()),
+            version_probe: Arc::new(tokio::sync::Mutex::new(None)),
+        };
         store.backfill_records().await?;
         if backend == Backend::Postgres {
             store.listen(url).await?;

@@ -414,6 +414,18 @@ pub struct RecordFilter {
     pub started_in: Option<String>,
 }
 
+/// A value bound to a query built from the conditions a caller asked for.
+enum Bind {
+    Text(Option<String>),
+    Integer(Option<i64>),
+}
+
+/// Adds `bind` to `binds`; its placeholder (`$N`).
+fn param(binds: &mut Vec<Bind>, bind: Bind) -> String {
+    binds.push(bind);
+    format!("${}", binds.len())
+}
+
 const ROW_COLUMNS: &str = "device_id, group_id, class_id, class_body, workflow_id, agent_state, result_code, \
      installed_update, desired_workflow_id, desired_action, desired_retry, connection_state";
 
@@ -447,16 +459,24 @@ impl Store {
         group_id: Option<&str>,
         class_id: Option<&str>,
     ) -> Result<Vec<RecordBucket>, StoreError> {
-        let rows = sqlx::query(
+        // Only the conditions asked for, so that the planner sees a range of the index
+        // (`$1 IS NULL OR group_id = $1` would make it read every group's entries).
+        let condition = match (group_id, class_id) {
+            (None, None) => "",
+            (Some(_), None) => "WHERE group_id = $1",
+            (None, Some(_)) => "WHERE class_id = $1",
+            (Some(_), Some(_)) => "WHERE group_id = $1 AND class_id = $2",
+        };
+        let sql = format!(
             "SELECT group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update, \
-             COUNT(*) AS devices FROM du_device \
-             WHERE ($1 IS NULL OR group_id = $1) AND ($2 IS NULL OR class_id = $2) \
-             GROUP BY group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update",
-        )
-        .bind(group_id)
-        .bind(class_id)
-        .fetch_all(&self.pool)
-        .await?;
+             COUNT(*) AS devices FROM du_device {condition} \
+             GROUP BY group_id, class_id, class_body, workflow_id, agent_state, result_code, installed_update"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in [group_id, class_id].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok(RecordBucket {
@@ -477,28 +497,82 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RecordRow>, StoreError> {
-        let (not_id, not_action) = filter.not_desired.clone().unzip();
-        let sql = format!(
-            "SELECT {ROW_COLUMNS} FROM du_device \
-             WHERE ($1 IS NULL OR group_id = $1) AND ($2 IS NULL OR class_id = $2) \
-             AND ($3 IS NULL OR workflow_id = $3) AND ($4 IS NULL OR device_id > $4) \
-             AND ($5 IS NULL OR desired_workflow_id IS NULL OR desired_workflow_id <> $5 \
-                  OR desired_action IS NULL OR desired_action <> $6 OR desired_retry IS NOT NULL) \
-             AND ($8 IS NULL OR EXISTS (SELECT 1 FROM du_rollout_member m WHERE m.group_id = du_device.group_id \
-                  AND m.deployment_id = $8 AND m.device_id = du_device.device_id AND m.started_ms IS NOT NULL)) \
-             ORDER BY device_id LIMIT $7"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.group_id.as_deref())
-            .bind(filter.class_id.as_deref())
-            .bind(filter.workflow_id.as_deref())
-            .bind(after)
-            .bind(not_id)
-            .bind(not_action)
-            .bind(limit)
-            .bind(filter.started_in.as_deref())
-            .fetch_all(&self.pool)
-            .await?;
+        self.records_reporting(filter, None, after, limit).await
+    }
+
+    /// [`Self::records`], with `facts` only those of one of these classes reporting the paired
+    /// facts (an empty list matches none): the devices in some deployment state, which status
+    /// computes from the [`Facts`] of each class.
+    pub async fn records_reporting(
+        &self,
+        filter: &RecordFilter,
+        facts: Option<&[(String, Facts)]>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        // Only the conditions asked for: a condition like `$4 IS NULL OR device_id > $4` would
+        // hide the keyset range from the planner, and every page would read the list from its
+        // start.
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        if let Some(group) = &filter.group_id {
+            conditions.push(format!("group_id = {}", param(&mut binds, Bind::Text(Some(group.clone())))));
+        }
+        if let Some(class) = &filter.class_id {
+            conditions.push(format!("class_id = {}", param(&mut binds, Bind::Text(Some(class.clone())))));
+        }
+        if let Some(workflow) = &filter.workflow_id {
+            conditions.push(format!("workflow_id = {}", param(&mut binds, Bind::Text(Some(workflow.clone())))));
+        }
+        if let Some(after) = after {
+            conditions.push(format!("device_id > {}", param(&mut binds, Bind::Text(Some(after.to_owned())))));
+        }
+        if let Some((id, action)) = &filter.not_desired {
+            let id = param(&mut binds, Bind::Text(Some(id.clone())));
+            let action = param(&mut binds, Bind::Integer(Some(*action)));
+            conditions.push(format!(
+                "(desired_workflow_id IS NULL OR desired_workflow_id <> {id} \
+                  OR desired_action IS NULL OR desired_action <> {action} OR desired_retry IS NOT NULL)"
+            ));
+        }
+        if let Some(deployment) = &filter.started_in {
+            let deployment = param(&mut binds, Bind::Text(Some(deployment.clone())));
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM du_rollout_member m WHERE m.group_id = du_device.group_id \
+                 AND m.deployment_id = {deployment} AND m.device_id = du_device.device_id AND m.started_ms IS NOT NULL)"
+            ));
+        }
+        if let Some(facts) = facts {
+            if facts.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Null-safe equality: `IS` in SQLite, `IS NOT DISTINCT FROM` in PostgreSQL.
+            let same = if self.backend == super::Backend::Postgres { "IS NOT DISTINCT FROM" } else { "IS" };
+            let mut alternatives = Vec::new();
+            for (class, facts) in facts {
+                let class = param(&mut binds, Bind::Text(Some(class.clone())));
+                let workflow = param(&mut binds, Bind::Text(facts.workflow_id.clone()));
+                let state = param(&mut binds, Bind::Integer(facts.agent_state));
+                let result = param(&mut binds, Bind::Integer(facts.result_code));
+                let installed = param(&mut binds, Bind::Text(facts.installed_update.clone()));
+                alternatives.push(format!(
+                    "(class_id = {class} AND workflow_id {same} {workflow} AND agent_state {same} {state} \
+                     AND result_code {same} {result} AND installed_update {same} {installed})"
+                ));
+            }
+            conditions.push(format!("({})", alternatives.join(" OR ")));
+        }
+        let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let limit = param(&mut binds, Bind::Integer(Some(limit)));
+        let sql = format!("SELECT {ROW_COLUMNS} FROM du_device {clause} ORDER BY device_id LIMIT {limit}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Integer(number) => query.bind(number),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(record_row).collect()
     }
 

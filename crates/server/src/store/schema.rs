@@ -137,6 +137,11 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX du_rollout_member_pick ON du_rollout_member (group_id, deployment_id, wave, rank);
     CREATE INDEX du_rollout_member_started ON du_rollout_member (group_id, deployment_id, started_ms);",
+    // Read paths at 100,000 devices: a group's records in device id order (keyset pages of the
+    // dashboard's deployment and group pages, without sorting the group), and the count of
+    // connected devices (the overview) without reading every twin.
+    "CREATE INDEX du_device_members ON du_device (group_id, device_id);
+    CREATE INDEX devices_by_connection_state ON devices (connection_state);",
 ];
 
 /// Brings the schema up to date. Safe to run from several nodes at once on PostgreSQL (an

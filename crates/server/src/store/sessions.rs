@@ -19,6 +19,8 @@ pub struct UiSession {
     pub csrf_token: String,
     /// When it expires (Unix seconds).
     pub expires_at: i64,
+    /// The name of the API token it was opened with (recorded with a rollout's controls).
+    pub token_name: String,
 }
 
 /// One device of the dashboard's device list.
@@ -67,7 +69,7 @@ impl Store {
     /// API token is not revoked.
     pub async fn ui_session(&self, session_id: &str, now: i64) -> Result<Option<UiSession>, StoreError> {
         let row = sqlx::query(
-            "SELECT s.csrf_token, s.expires_at FROM ui_sessions s \
+            "SELECT s.csrf_token, s.expires_at, t.name FROM ui_sessions s \
              JOIN api_tokens t ON t.token_sha256 = s.token_sha256 \
              WHERE s.session_sha256 = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
         )
@@ -75,8 +77,14 @@ impl Store {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok(UiSession { csrf_token: r.try_get("csrf_token")?, expires_at: r.try_get("expires_at")? }))
-            .transpose()
+        row.map(|r| {
+            Ok(UiSession {
+                csrf_token: r.try_get("csrf_token")?,
+                expires_at: r.try_get("expires_at")?,
+                token_name: r.try_get("name")?,
+            })
+        })
+        .transpose()
     }
 
     /// Ends a session (signing out); also removes sessions that expired before `now`.

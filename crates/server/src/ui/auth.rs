@@ -30,6 +30,8 @@ pub(crate) struct Session {
     pub(crate) csrf: String,
     /// The cookie value (to sign out).
     pub(crate) id: String,
+    /// The name of the API token the session was opened with.
+    pub(crate) token_name: String,
 }
 
 /// Unix seconds now.
@@ -100,7 +102,7 @@ pub(crate) fn clear_cookie() -> HeaderValue {
 pub(crate) async fn require_session(State(state): State<UiState>, request: Request, next: Next) -> Response {
     let session = match session_cookie(request.headers()) {
         Some(id) => match state.du.store().ui_session(&id, now_unix()).await {
-            Ok(found) => found.map(|s| Session { csrf: s.csrf_token, id }),
+            Ok(found) => found.map(|s| Session { csrf: s.csrf_token, id, token_name: s.token_name }),
             Err(error) => return UiError::from(error).into_response(),
         },
         None => None,

@@ -1,8 +1,10 @@
 //! Deployments: the list and the form that creates one (group, update, start time, rollback
 //! policy); a deployment's page with per-subgroup progress and the per-device table (paged,
 //! filterable by state, result codes in words), cancel and retry per subgroup, and the rollback
-//! deployments its policy made. The page's live part is re-rendered on the server and pushed
-//! as a server-sent event whenever it changes, so the browser runs no polling loop.
+//! deployments its policy made; for a phased rollout, its panel (status, waves with bars, gates,
+//! history) with Pause, Resume, Promote and Abort. The page's live part is re-rendered on the
+//! server and pushed as a server-sent event whenever it changes, so the browser runs no polling
+//! loop.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,12 +20,13 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::auth::{Session, now_unix};
-use super::html::{Section, badge, csrf_field, esc, notice, progress, url};
+use super::html::{Section, badge, csrf_field, esc, notice, progress, stacked_bar, url};
 use super::updates::{id_value, parse_id_value};
 use super::{UiError, UiState, codes, html_page, query};
 use crate::du::console::{DeploymentDetail, DeploymentDevice, DevicePage};
 use crate::du::deploy::DeviceState;
 use crate::du::model::{RollbackPolicy, StoredDeployment, valid_deployment_id};
+use crate::du::rollout::{Cause, OnFailure, RolloutControl, RolloutStatus, RolloutView, WaveCounts};
 
 const DEVICES_PER_PAGE: usize = 50;
 /// How often a live page's stream looks for changes, at the most.
@@ -260,7 +263,8 @@ pub(super) async fn deployment(
         .deployment_detail(&group, &id, &view.page())
         .await?
         .ok_or_else(|| UiError::not_found(format!("deployment {id} of group {group} not found")))?;
-    let live = live_fragment(&session.csrf, &detail, &view);
+    let rollout = state.du.rollout_view(&group, &id).await?;
+    let live = live_fragment(&session.csrf, &detail, rollout.as_ref(), &view);
     let dep = &detail.summary.deployment;
     let base = format!("/ui/deployments/{}/{}", url(&group), url(&id));
     let mut body = format!(
@@ -299,9 +303,9 @@ pub(super) async fn deployment(
     Ok(html_page(&format!("Deployment {id}"), Section::Deployments, &session.csrf, &body))
 }
 
-/// The part of a deployment's page that changes: state, per-subgroup progress with cancel and
-/// retry, rollbacks, and the device table.
-fn live_fragment(csrf: &str, detail: &DeploymentDetail, view: &TableView) -> String {
+/// The part of a deployment's page that changes: state, the rollout's panel, per-subgroup
+/// progress with cancel and retry, rollbacks, and the device table.
+fn live_fragment(csrf: &str, detail: &DeploymentDetail, rollout: Option<&RolloutView>, view: &TableView) -> String {
     let dep = &detail.summary.deployment;
     let (devices, more) = (&detail.devices, detail.more);
     let base = format!("/ui/deployments/{}/{}", url(&dep.group_id), url(&dep.deployment_id));
@@ -310,6 +314,9 @@ fn live_fragment(csrf: &str, detail: &DeploymentDetail, view: &TableView) -> Str
         badge(detail.summary.status.state),
         progress(&detail.summary.counts)
     );
+    if let Some(rollout) = rollout {
+        out.push_str(&rollout_panel(csrf, &base, rollout));
+    }
     out.push_str("<h2>Subgroups</h2>");
     if detail.summary.status.subgroups.is_empty() {
         out.push_str("<p>The deployment has not reached any device class yet.</p>");
@@ -363,6 +370,244 @@ fn live_fragment(csrf: &str, detail: &DeploymentDetail, view: &TableView) -> Str
     let next = more.then(|| devices.last().map(|d| format!("{base}{}", view.query(&d.device_id)))).flatten();
     out.push_str(&super::html::pager(&first, next, view.after.is_empty()));
     out
+}
+
+/// The rollout panel of a deployment page: status, every wave with its bar, the gates with
+/// their numbers, the controls that apply now, and the history.
+fn rollout_panel(csrf: &str, base: &str, view: &RolloutView) -> String {
+    let policy = &view.rollout.policy;
+    let state = &view.rollout.state;
+    let status = state.status;
+    let mut out = format!(
+        "<section class=\"rollout\" aria-labelledby=\"rollout-title\"><h2 id=\"rollout-title\">Phased rollout</h2>\
+         <p class=\"state\">Rollout: <span id=\"rollout-status\">{}</span>{}</p>",
+        rollout_badge(status),
+        match state.wave() {
+            Some(current) => format!(" wave {} of {}", current + 1, policy.waves.len()),
+            None => format!(" {} waves, not started", policy.waves.len()),
+        }
+    );
+    // The controls that apply now (the server refuses the others anyway).
+    let last = state.wave().is_some_and(|w| w + 1 >= policy.waves.len());
+    let mut controls: Vec<(RolloutControl, &str, bool)> = Vec::new();
+    match status {
+        RolloutStatus::Paused => controls.push((RolloutControl::Resume, "Resume", false)),
+        RolloutStatus::Aborted | RolloutStatus::Completed => {}
+        _ => controls.push((RolloutControl::Pause, "Pause", false)),
+    }
+    if state.wave().is_some() && !last && !matches!(status, RolloutStatus::Aborted | RolloutStatus::Completed) {
+        let label = if status == RolloutStatus::AwaitingApproval { "Approve the next wave" } else { "Promote" };
+        controls.push((RolloutControl::Promote, label, false));
+    }
+    if !matches!(status, RolloutStatus::Aborted | RolloutStatus::Completed) {
+        controls.push((RolloutControl::Abort, "Abort", true));
+    }
+    if !controls.is_empty() {
+        out.push_str("<div class=\"controls\">");
+        for (control, label, danger) in controls {
+            let (class, confirm) = if danger {
+                (" confirm", " data-confirm=\"Abort the rollout? Every device not finished is cancelled.\"")
+            } else {
+                ("", "")
+            };
+            let _ = write!(
+                out,
+                "<form method=\"post\" action=\"{base}/rollout\" class=\"inline{class}\"{confirm}>{}\
+                 <input type=\"hidden\" name=\"action\" value=\"{}\"><button type=\"submit\"{}>{label}</button></form>",
+                csrf_field(csrf),
+                control.as_str(),
+                if danger { " class=\"danger\"" } else { "" }
+            );
+        }
+        out.push_str("</div>");
+    }
+    // Gates.
+    out.push_str("<dl class=\"facts\">");
+    if let Some(current) = state.wave() {
+        let wave = view.waves.get(current).map(|w| w.counts).unwrap_or_default();
+        if last {
+            let _ = write!(
+                out,
+                "<dt>Success gate</dt><dd>wave {} is the last: it completes when every device finished</dd>",
+                current + 1
+            );
+        } else {
+            let needed = ((policy.success_percent / 100.0) * wave.devices as f64).ceil() as u64;
+            let verdict = if wave.succeeded >= needed { "passed" } else { "not yet" };
+            let _ = write!(
+                out,
+                "<dt>Success gate</dt><dd>wave {}: {} succeeded of {needed} needed ({}% of {} devices): {verdict}</dd>",
+                current + 1,
+                wave.succeeded,
+                policy.success_percent,
+                wave.devices
+            );
+        }
+    }
+    let executed = view.totals.executed().saturating_sub(state.accepted_executed);
+    let failed = view.totals.failed.saturating_sub(state.accepted_failed);
+    let verdict = if executed == 0 || executed < policy.min_executed {
+        format!("evaluated once {} finished", policy.min_executed.max(1))
+    } else if failed as f64 * 100.0 > policy.max_failure_percent * executed as f64 {
+        "tripped".to_owned()
+    } else {
+        "holding".to_owned()
+    };
+    let _ = write!(
+        out,
+        "<dt>Failure gate</dt><dd>{failed} failed of {executed} finished{} (it trips above {}% once {} finished, \
+         then: {}): {verdict}</dd>",
+        if state.accepted_executed > 0 {
+            format!(
+                " since an operator accepted {} failed of {} finished",
+                state.accepted_failed, state.accepted_executed
+            )
+        } else {
+            String::new()
+        },
+        policy.max_failure_percent,
+        policy.min_executed,
+        on_failure_words(policy.on_failure)
+    );
+    let _ = write!(out, "<dt>Bake</dt><dd>{}</dd>", esc(&seconds_words(policy.bake_seconds)));
+    if let Some(timeout) = policy.device_timeout_seconds {
+        let _ = write!(out, "<dt>Device timeout</dt><dd>{}</dd>", esc(&seconds_words(timeout)));
+    }
+    if let Some(rate) = policy.rate {
+        let _ = write!(
+            out,
+            "<dt>Rate</dt><dd>{} devices per minute{}</dd>",
+            rate.devices_per_minute,
+            if rate.double_per_wave { ", doubling with every wave" } else { "" }
+        );
+    }
+    if let Some(window) = policy.window {
+        let open = match view.window_open {
+            Some(true) => " (open now)",
+            Some(false) => " (closed now)",
+            None => "",
+        };
+        let _ = write!(out, "<dt>Window</dt><dd>{} UTC{open}</dd>", esc(&window.to_string()));
+    }
+    if policy.approve_waves {
+        out.push_str("<dt>Approval</dt><dd>every wave after the first waits for an operator</dd>");
+    }
+    let _ = write!(out, "<dt>Not yet in a wave</dt><dd>{} devices</dd></dl>", view.unassigned);
+    // Waves.
+    out.push_str("<ol class=\"waves\">");
+    for wave in &view.waves {
+        let _ = write!(
+            out,
+            "<li><h3>Wave {} <span class=\"muted\">({} cumulative)</span>",
+            wave.index + 1,
+            esc(&wave.size.to_string())
+        );
+        match &wave.started_at {
+            Some(at) => {
+                let _ = write!(out, " <span class=\"muted\">started {}</span></h3>", esc(at));
+                out.push_str(&wave_bar(&wave.counts));
+            }
+            None => out.push_str(" <span class=\"muted\">not started</span></h3>"),
+        }
+        out.push_str("</li>");
+    }
+    out.push_str("</ol>");
+    // History, newest first.
+    out.push_str(
+        "<table class=\"history\"><caption>Rollout history</caption><thead><tr><th scope=\"col\">Time</th>\
+         <th scope=\"col\">Event</th><th scope=\"col\">Wave</th><th scope=\"col\">Cause</th>\
+         <th scope=\"col\" class=\"num\">Started</th><th scope=\"col\" class=\"num\">Succeeded</th>\
+         <th scope=\"col\" class=\"num\">Failed</th><th scope=\"col\">Detail</th></tr></thead><tbody>",
+    );
+    for event in state.history.iter().rev() {
+        let cause = match &event.cause {
+            Cause::Schedule => "schedule".to_owned(),
+            Cause::SuccessGate => "success gate".to_owned(),
+            Cause::FailureGate => "failure gate".to_owned(),
+            Cause::Finished => "every device finished".to_owned(),
+            Cause::Operator { token } => format!("operator ({token})"),
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&event.time),
+            esc(&event.event),
+            event.wave.map(|w| (w + 1).to_string()).unwrap_or_default(),
+            esc(&cause),
+            event.counts.started,
+            event.counts.succeeded,
+            event.counts.failed,
+            esc(&event.detail)
+        );
+    }
+    if state.history.is_empty() {
+        out.push_str("<tr><td colspan=\"8\">Nothing happened yet.</td></tr>");
+    }
+    out.push_str("</tbody></table></section>");
+    out
+}
+
+/// A rollout status as a badge.
+fn rollout_badge(status: RolloutStatus) -> String {
+    let class = match status {
+        RolloutStatus::Completed => "ok",
+        RolloutStatus::Running => "busy",
+        RolloutStatus::Paused | RolloutStatus::AwaitingApproval => "warn",
+        RolloutStatus::Aborted => "bad",
+        RolloutStatus::NotStarted => "off",
+    };
+    format!("<span class=\"badge {class}\">{}</span>", status.as_str())
+}
+
+/// A wave's devices by outcome: a bar (devices not yet started are the empty track) and the
+/// counts in words.
+fn wave_bar(counts: &WaveCounts) -> String {
+    let parts = [
+        ("ok", "succeeded", counts.succeeded),
+        ("warn", "baking", counts.baking),
+        ("bad", "failed", counts.failed),
+        ("busy", "in progress", counts.in_progress),
+        ("off", "canceled", counts.canceled),
+    ];
+    format!(
+        "{}<p class=\"counts\"><span class=\"k ok\">{} succeeded</span> <span class=\"k warn\">{} baking</span> \
+         <span class=\"k bad\">{} failed</span> <span class=\"k busy\">{} in progress</span> \
+         <span class=\"k off\">{} canceled</span> of {} devices ({} started)</p>",
+        stacked_bar(&parts, counts.devices),
+        counts.succeeded,
+        counts.baking,
+        counts.failed,
+        counts.in_progress,
+        counts.canceled,
+        counts.devices,
+        counts.started
+    )
+}
+
+/// What a tripped failure gate does, in words.
+fn on_failure_words(on_failure: OnFailure) -> &'static str {
+    match on_failure {
+        OnFailure::Pause => "pause",
+        OnFailure::Abort => "abort (cancel every device not finished)",
+        OnFailure::Rollback => "send the rollback update to the failed devices, and pause",
+    }
+}
+
+/// `seconds` as `1d 2h`, `30m`, `1m 30s`, `0s`.
+fn seconds_words(seconds: u64) -> String {
+    if seconds == 0 {
+        return "0s".into();
+    }
+    let mut parts = Vec::new();
+    let mut rest = seconds;
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= size {
+            parts.push(format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    parts.join(" ")
 }
 
 fn device_table(devices: &[DeploymentDevice]) -> String {
@@ -431,7 +676,10 @@ pub(super) async fn events(
                 }
             }
             let fragment = match live.state.du.deployment_detail(&live.group, &live.id, &live.view.page()).await {
-                Ok(Some(detail)) => Ok(live_fragment(&live.session.csrf, &detail, &live.view)),
+                Ok(Some(detail)) => match live.state.du.rollout_view(&live.group, &live.id).await {
+                    Ok(rollout) => Ok(live_fragment(&live.session.csrf, &detail, rollout.as_ref(), &live.view)),
+                    Err(error) => Err(error),
+                },
                 Ok(None) => return None,
                 Err(error) => Err(error),
             };
@@ -477,6 +725,26 @@ pub(super) async fn cancel(
     Ok(Redirect::to(&format!("/ui/deployments/{}/{}", url(&group), url(&id))).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct RolloutForm {
+    #[serde(default)]
+    action: String,
+}
+
+/// `POST /ui/deployments/{group}/{id}/rollout` (`action` = pause, resume, promote or abort):
+/// recorded in the rollout's history with the name of the session's API token.
+pub(super) async fn rollout_control(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((group, id)): Path<(String, String)>,
+    Form(form): Form<RolloutForm>,
+) -> Result<Response, UiError> {
+    let control: RolloutControl = form.action.parse().map_err(UiError::bad_request)?;
+    let token = if session.token_name.is_empty() { "dashboard" } else { session.token_name.as_str() };
+    state.du.control_rollout(&group, &id, control, token).await?;
+    Ok(Redirect::to(&format!("/ui/deployments/{}/{}", url(&group), url(&id))).into_response())
+}
+
 /// `POST /ui/deployments/{group}/{id}/retry`.
 pub(super) async fn retry(
     State(state): State<UiState>,
@@ -519,6 +787,86 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(d.rollback_policy.map(|p| p.devices_failed_count), Some(2));
+    }
+
+    fn rollout_view(
+        status: RolloutStatus,
+        waves_started: usize,
+        history: Vec<crate::du::rollout::RolloutEvent>,
+    ) -> RolloutView {
+        use crate::du::rollout::{Rollout, RolloutPolicy, RolloutState, WaveSize, WaveView};
+        let policy: RolloutPolicy = serde_json::from_value(serde_json::json!({
+            "waves": ["10%", "50%", "100%"], "bakeSeconds": 1800, "successPercent": 90, "maxFailurePercent": 10,
+            "minExecuted": 2, "window": "02:00-05:00", "seed": 1
+        }))
+        .expect("policy");
+        let counts = WaveCounts { devices: 4, started: 4, succeeded: 2, baking: 1, failed: 1, ..WaveCounts::default() };
+        let waves = ["10%", "50%", "100%"]
+            .iter()
+            .enumerate()
+            .map(|(index, size)| WaveView {
+                index,
+                size: size.parse::<WaveSize>().expect("size"),
+                started_at: (index < waves_started).then(|| format!("2026-12-07T0{index}:00:00Z")),
+                counts: if index < waves_started { counts } else { WaveCounts::default() },
+            })
+            .collect();
+        let state = RolloutState {
+            status,
+            wave_started: (0..waves_started).map(|i| format!("2026-12-07T0{i}:00:00Z")).collect(),
+            history,
+            ..RolloutState::default()
+        };
+        RolloutView {
+            group_id: "g".into(),
+            deployment_id: "d".into(),
+            rollout: Rollout { policy, state },
+            waves,
+            totals: counts,
+            unassigned: 6,
+            window_open: Some(false),
+        }
+    }
+
+    #[test]
+    fn a_rollout_panel_shows_waves_gates_history_and_the_controls_that_apply() {
+        let event = crate::du::rollout::RolloutEvent {
+            time: "2026-12-07T01:00:00Z".into(),
+            event: "paused".into(),
+            wave: Some(0),
+            cause: Cause::Operator { token: "<alice>".into() },
+            counts: WaveCounts::default(),
+            detail: "paused by an operator".into(),
+        };
+        let html = rollout_panel("c", "/ui/deployments/g/d", &rollout_view(RolloutStatus::Paused, 1, vec![event]));
+        assert!(html.contains("<span class=\"badge warn\">Paused</span></span> wave 1 of 3"), "{html}");
+        assert!(html.contains("name=\"action\" value=\"resume\""), "{html}");
+        assert!(!html.contains("value=\"pause\""), "{html}");
+        assert!(html.contains("value=\"promote\"") && html.contains("value=\"abort\""), "{html}");
+        assert!(html.contains("action=\"/ui/deployments/g/d/rollout\" class=\"inline confirm\""), "{html}");
+        assert!(html.contains("name=\"csrf\" value=\"c\""), "{html}");
+        assert!(html.contains("wave 1: 2 succeeded of 4 needed (90% of 4 devices): not yet"), "{html}");
+        assert!(html.contains("1 failed of 3 finished"), "{html}");
+        assert!(html.contains("tripped"), "1 of 3 is above 10% once 2 finished: {html}");
+        assert!(html.contains("02:00-05:00 UTC (closed now)"), "{html}");
+        assert!(
+            html.contains("aria-label=\"succeeded 2, baking 1, failed 1, in progress 0, canceled 0 of 4\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("Wave 2 <span class=\"muted\">(50% cumulative)</span> <span class=\"muted\">not started"),
+            "{html}"
+        );
+        assert!(html.contains("operator (&lt;alice&gt;)"), "escaped: {html}");
+        assert!(!html.contains("style="), "no inline style under the CSP: {html}");
+        // In the last wave nothing is promoted; a completed rollout has no controls.
+        let html = rollout_panel("c", "/b", &rollout_view(RolloutStatus::Running, 3, Vec::new()));
+        assert!(html.contains("value=\"pause\"") && !html.contains("value=\"promote\""), "{html}");
+        assert!(html.contains("wave 3 is the last"), "{html}");
+        let html = rollout_panel("c", "/b", &rollout_view(RolloutStatus::Completed, 3, Vec::new()));
+        assert!(!html.contains("<form"), "{html}");
+        let html = rollout_panel("c", "/b", &rollout_view(RolloutStatus::AwaitingApproval, 1, Vec::new()));
+        assert!(html.contains("Approve the next wave"), "{html}");
     }
 
     #[test]

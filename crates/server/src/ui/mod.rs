@@ -133,6 +133,7 @@ pub fn router(state: UiState) -> Router {
         .route("/ui/deployments/{group}/{id}/events", get(deployments::events))
         .route("/ui/deployments/{group}/{id}/cancel", post(deployments::cancel))
         .route("/ui/deployments/{group}/{id}/retry", post(deployments::retry))
+        .route("/ui/deployments/{group}/{id}/rollout", post(deployments::rollout_control))
         .route("/ui/devices", get(devices::devices))
         .route("/ui/devices/{id}", get(devices::device))
         .route("/ui/tokens", get(tokens::tokens).post(tokens::create))

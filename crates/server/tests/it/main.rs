@@ -83,6 +83,7 @@ suite! {
     rollout::the_rate_and_the_window_hold_devices_back_on_the_rollout_clock,
     rollout::operators_pause_resume_promote_and_abort_with_their_names_recorded,
     rollout::two_nodes_on_one_database_start_each_wave_and_each_budget_once,
+    rollout::a_tripped_gate_rolls_back_the_failed_and_a_late_device_joins_the_current_wave,
     du::lists_page_and_requests_are_authenticated,
     record::the_record_always_agrees_with_the_twins,
     record::records_are_built_from_existing_twins_at_startup,

@@ -249,6 +249,11 @@ async fn agree(store: &Store) -> Result<(), String> {
     Ok(())
 }
 
+/// Every record, as text to compare.
+async fn all_records(store: &Store) -> String {
+    format!("{:?}", store.records(&RecordFilter::default(), None, 1000).await.unwrap())
+}
+
 async fn open(backend: Backend, dir: &std::path::Path) -> Option<(Store, Option<TestDatabase>)> {
     match backend {
         Backend::Sqlite => {
@@ -283,6 +288,7 @@ pub(crate) async fn the_record_always_agrees_with_the_twins(backend: Backend) {
                 }
                 let mut outcome = Ok(());
                 for (step, op) in ops.iter().enumerate() {
+                    let before = (store.data_version().await.unwrap(), all_records(&store).await);
                     if let Err(error) = apply(&store, op).await {
                         outcome = Err(TestCaseError::fail(format!("step {step} {op:?} failed: {error}")));
                         break;
@@ -290,6 +296,24 @@ pub(crate) async fn the_record_always_agrees_with_the_twins(backend: Backend) {
                     if let Err(disagreement) = agree(&store).await {
                         outcome = Err(TestCaseError::fail(format!("after step {step} {op:?}: {disagreement}")));
                         break;
+                    }
+                    // What caches status (du::snapshot) relies on: changed records change the
+                    // data version.
+                    let after = (store.data_version().await.unwrap(), all_records(&store).await);
+                    if after.1 != before.1 && after.0 == before.0 {
+                        outcome = Err(TestCaseError::fail(format!(
+                            "after step {step} {op:?}: the records changed, the data version {} did not",
+                            after.0
+                        )));
+                        break;
+                    }
+                }
+                if outcome.is_ok() && backend == Backend::Sqlite {
+                    // Without writes it stays put (PostgreSQL's moves with other databases' writes).
+                    let version = store.data_version().await.unwrap();
+                    all_records(&store).await;
+                    if store.data_version().await.unwrap() != version {
+                        outcome = Err(TestCaseError::fail("the data version moved without a write"));
                     }
                 }
                 drop(store);

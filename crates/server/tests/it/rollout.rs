@@ -282,3 +282,66 @@ pub(crate) async fn two_nodes_on_one_database_start_each_wave_and_each_budget_on
     assert_eq!(waves.len(), 2, "each wave started once: {done:#}");
     other.shutdown().await;
 }
+
+pub(crate) async fn a_tripped_gate_rolls_back_the_failed_and_a_late_device_joins_the_current_wave(backend: Backend) {
+    let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
+    imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
+    imported(&du, &files, &toaster("2.0", b"#!/bin/sh\necho 2\n")).await;
+    let ids: Vec<String> = (0..4).map(|i| format!("trip-{i}")).collect();
+    let mut devices = Vec::new();
+    for id in &ids {
+        devices.push(agent_device(&server, id, Some("trip"), "toaster").await);
+    }
+    du.expect(
+        Method::PUT,
+        "/management/groups/trip/deployments/r1",
+        Some(&json!({"deploymentId": "r1", "groupId": "trip", "startDateTime": "2026-01-01T00:00:00Z",
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "2.0"}},
+            "rollbackPolicy": {"update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.0"}},
+                "failure": {"devicesFailedPercentage": 100, "devicesFailedCount": 1000}},
+            "rollout": {"waves": ["50%", "100%"], "maxFailurePercent": 10, "minExecuted": 1, "onFailure": "rollback"}})),
+        StatusCode::OK,
+    )
+    .await
+    .unwrap();
+    rollout_until(&du, "trip", "r1", "wave 1 started", |r| r["totals"]["started"] == 2).await;
+    let service = server.service();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while told(service, &ids).await < 2 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One started device fails: 1 of 1 finished is above 10 %.
+    let mut failed = None;
+    for (i, id) in ids.iter().enumerate() {
+        let twin = service.twin(id).await.unwrap();
+        if let Some(workflow) = twin.pointer("/properties/desired/deviceUpdate/service/workflow/id") {
+            let workflow = workflow.as_str().unwrap().to_owned();
+            devices[i].patch_reported(&report(255, &workflow, 0, None)).await.unwrap();
+            failed = Some((i, workflow));
+            break;
+        }
+    }
+    let (index, workflow) = failed.unwrap();
+    let tripped = rollout_until(&du, "trip", "r1", "the gate tripped", |r| r["status"] == "Paused").await;
+    let events: Vec<&str> =
+        tripped["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["waveStarted", "tripped", "rollbackStarted"], "{tripped:#}");
+    // The failed device is told the rollback update.
+    let rollback =
+        crate::du::next_service_where(&mut devices[index], |s| s["workflow"]["id"] != workflow.as_str()).await;
+    let manifest: Value = serde_json::from_str(rollback["updateManifest"].as_str().unwrap()).unwrap();
+    assert_eq!(manifest["updateId"]["version"], "1.0");
+
+    // A device joining the group now goes into the current wave, and starts once resumed.
+    let mut late = agent_device(&server, "trip-late", Some("trip"), "toaster").await;
+    let joined =
+        rollout_until(&du, "trip", "r1", "the late device joined", |r| r["waves"][0]["counts"]["devices"] == 3).await;
+    assert_eq!(joined["totals"]["started"], 2, "paused: {joined:#}");
+    assert_eq!(told(service, &["trip-late".to_owned()]).await, 0);
+    du.expect(Method::POST, "/management/groups/trip/deployments/r1:resume", None, StatusCode::OK).await.unwrap();
+    let service = next_service(&mut late).await;
+    assert_eq!(service["workflow"]["id"], workflow.as_str());
+    let resumed = rollout(&du, "trip", "r1").await;
+    assert_eq!(resumed["waves"][0]["counts"]["started"], 3, "{resumed:#}");
+}

@@ -1,6 +1,7 @@
 //! `duhub deployment create|list|show|status|cancel|retry|delete`: deployments of updates to
 //! device groups. Cancel and retry exist only per device class subgroup in the API; without
-//! `--device-class` they are sent to every subgroup the deployment lists.
+//! `--device-class` they are sent to every subgroup the deployment lists. A deployment's phased
+//! rollout (policy, display, controls) is in `rollouts`.
 
 use anyhow::{Result, bail};
 use duhub_proto::UpdateId;
@@ -14,7 +15,7 @@ use crate::cli::{DeploymentArgs, DeploymentCreateArgs, DeploymentStatusArgs, Dep
 use crate::output::{Outcome, print_json};
 
 /// `/management/groups/{group}/deployments/{deployment}`.
-fn deployment_path(group: &str, deployment: &str) -> String {
+pub(super) fn deployment_path(group: &str, deployment: &str) -> String {
     format!("/management/groups/{}/deployments/{}", segment(group), segment(deployment))
 }
 
@@ -29,12 +30,28 @@ fn subgroup_deployment_path(group: &str, class: &str, deployment: &str) -> Strin
 }
 
 pub(in crate::commands) fn create(args: &DeploymentCreateArgs) -> Result<Outcome> {
+    // A bad policy is a usage error, found before connecting.
+    let start = args.start.unwrap_or_else(OffsetDateTime::now_utc);
+    let body = deployment_body(args, start)?;
     let client = DuClient::connect(&args.du)?;
-    let deployment = block_on(put(&client, args))?;
+    let (mut deployment, rollout) = block_on(async {
+        let deployment = client.put(&deployment_path(&args.group, &args.deployment), &body).await?;
+        let rollout = match body.get("rollout") {
+            Some(_) => super::rollouts::get(&client, &args.group, &args.deployment).await?,
+            None => None,
+        };
+        Ok((deployment, rollout))
+    })?;
     if args.du.json {
+        if let Some(rollout) = rollout {
+            deployment["rollout"] = rollout;
+        }
         print_json(&deployment)?;
     } else {
         print!("{}", describe_deployment(&deployment));
+        if let Some(rollout) = rollout {
+            print!("{}", super::rollouts::describe(&rollout));
+        }
     }
     Ok(Outcome::Success)
 }
@@ -67,6 +84,9 @@ fn deployment_body(args: &DeploymentCreateArgs, start: OffsetDateTime) -> Result
             "update": {"updateId": update_id_json(update)},
             "failure": {"devicesFailedPercentage": percent, "devicesFailedCount": count},
         });
+    }
+    if let Some(policy) = super::rollouts::policy(&args.rollout)? {
+        body["rollout"] = serde_json::to_value(policy)?;
     }
     Ok(body)
 }
@@ -155,16 +175,30 @@ fn describe_deployment(deployment: &Value) -> String {
 pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome> {
     let client = DuClient::connect(&args.du)?;
     let path = format!("{}/status", deployment_path(&args.group, &args.deployment));
-    let (status, device_states, timed_out) = block_on(async {
+    let (status, device_states, rollout, timed_out) = block_on(async {
         let mut status = client.get(&path).await?;
+        let mut rollout = super::rollouts::get(&client, &args.group, &args.deployment).await?;
         let mut timed_out = false;
         if args.wait {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
             let bar = super::spinner(String::new(), super::show_progress(args.du.json));
             loop {
                 let counts = Progress::of(&status);
-                bar.set_message(format!("deployment {}: {counts}", args.deployment));
-                if counts.finished() {
+                let finished = match &rollout {
+                    Some(rollout) => {
+                        bar.set_message(format!(
+                            "deployment {}: {counts}; {}",
+                            args.deployment,
+                            super::rollouts::headline(rollout)
+                        ));
+                        super::rollouts::settled(rollout)
+                    }
+                    None => {
+                        bar.set_message(format!("deployment {}: {counts}", args.deployment));
+                        counts.finished()
+                    }
+                };
+                if finished {
                     break;
                 }
                 if std::time::Instant::now() >= deadline {
@@ -174,6 +208,9 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
                 // The status is computed from every twin of the group: ask every other second.
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 status = client.get(&path).await?;
+                if rollout.is_some() {
+                    rollout = super::rollouts::get(&client, &args.group, &args.deployment).await?;
+                }
             }
             bar.finish_and_clear();
         }
@@ -187,9 +224,9 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
                 device_states.push(json!({"deviceClassId": class, "devices": devices}));
             }
         }
-        Ok((status, device_states, timed_out))
+        Ok((status, device_states, rollout, timed_out))
     })?;
-    print_status(args, &status, &device_states)?;
+    print_status(args, &status, &device_states, rollout.as_ref())?;
     if !args.wait {
         return Ok(Outcome::Success);
     }
@@ -200,6 +237,20 @@ pub(in crate::commands) fn status(args: &DeploymentStatusArgs) -> Result<Outcome
             args.deployment, args.group, args.timeout
         );
         return Ok(Outcome::Failed);
+    }
+    if let Some(rollout) = &rollout {
+        match text(rollout, "/status").as_str() {
+            "AwaitingApproval" => return Ok(Outcome::Success),
+            "Paused" | "Aborted" => {
+                eprintln!(
+                    "error: the rollout of deployment {} is {} (see its history)",
+                    args.deployment,
+                    text(rollout, "/status")
+                );
+                return Ok(Outcome::Failed);
+            }
+            _ => {}
+        }
     }
     if counts.failed > 0 {
         eprintln!("error: deployment {} failed on {} of {} devices", args.deployment, counts.failed, counts.total);
@@ -253,13 +304,19 @@ impl std::fmt::Display for Progress {
     }
 }
 
-fn print_status(args: &DeploymentStatusArgs, status: &Value, device_states: &[Value]) -> Result<()> {
+fn print_status(
+    args: &DeploymentStatusArgs,
+    status: &Value,
+    device_states: &[Value],
+    rollout: Option<&Value>,
+) -> Result<()> {
     if args.du.json {
-        if args.devices {
-            print_json(&json!({"status": status, "deviceStates": device_states}))?;
-        } else {
-            print_json(status)?;
+        let mut out =
+            if args.devices { json!({"status": status, "deviceStates": device_states}) } else { status.clone() };
+        if let (Some(rollout), Some(object)) = (rollout, out.as_object_mut()) {
+            object.insert("rollout".into(), rollout.clone());
         }
+        print_json(&out)?;
         return Ok(());
     }
     println!(
@@ -289,6 +346,10 @@ fn print_status(args: &DeploymentStatusArgs, status: &Value, device_states: &[Va
     }
     println!();
     table.print("no device class subgroups");
+    if let Some(rollout) = rollout {
+        println!();
+        print!("{}", super::rollouts::describe(rollout));
+    }
     if args.devices {
         let mut table = Table::new(&["DEVICE CLASS", "DEVICE", "MODULE", "STATE", "RETRIES", "MOVED ON"]);
         for subgroup in device_states {
@@ -443,6 +504,97 @@ mod tests {
                 "failure": {"devicesFailedPercentage": 10, "devicesFailedCount": 5},
             })
         );
+    }
+
+    #[test]
+    fn rollout_flags_become_the_policy_and_bad_ones_name_the_flag_and_rule() {
+        let args = create_args(&[
+            "g",
+            "d",
+            "--update",
+            "P/N/1.0",
+            "--waves",
+            "1%,10%,50%,100%",
+            "--bake",
+            "30m",
+            "--success-percent",
+            "95",
+            "--max-failure-percent",
+            "5",
+            "--min-executed",
+            "20",
+            "--device-timeout",
+            "2h",
+            "--on-failure",
+            "abort",
+            "--rate",
+            "100/min,double",
+            "--window",
+            "22:00-04:00",
+            "--approve-waves",
+            "--seed",
+            "42",
+        ]);
+        let body = deployment_body(&args, OffsetDateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            body["rollout"],
+            json!({
+                "waves": ["1%", "10%", "50%", "100%"], "bakeSeconds": 1800, "successPercent": 95.0,
+                "maxFailurePercent": 5.0, "minExecuted": 20, "deviceTimeoutSeconds": 7200, "onFailure": "abort",
+                "rate": {"devicesPerMinute": 100, "doublePerWave": true}, "window": "22:00-04:00",
+                "approveWaves": true, "seed": 42,
+            })
+        );
+        // Only --waves: the server's defaults, and no seed (the server draws one).
+        let body = deployment_body(
+            &create_args(&["g", "d", "--update", "P/N/1.0", "--waves", "5,100%"]),
+            OffsetDateTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(
+            body["rollout"],
+            json!({"waves": ["5", "100%"], "bakeSeconds": 0, "successPercent": 100.0, "maxFailurePercent": 100.0,
+                   "minExecuted": 0, "onFailure": "pause", "approveWaves": false})
+        );
+        assert!(
+            deployment_body(&create_args(&["g", "d", "--update", "P/N/1.0"]), OffsetDateTime::UNIX_EPOCH)
+                .unwrap()
+                .get("rollout")
+                .is_none()
+        );
+        let refused = |extra: &[&str]| {
+            let mut all = vec!["g", "d", "--update", "P/N/1.0"];
+            all.extend_from_slice(extra);
+            deployment_body(&create_args(&all), OffsetDateTime::UNIX_EPOCH).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(&["--waves", "50%,10%"]),
+            "--waves: waves are cumulative: 10% must be above 50% (rollout/waves/1)"
+        );
+        assert_eq!(refused(&["--waves", "10%,5"]), "--waves: a count cannot follow a percentage (rollout/waves/1)");
+        assert!(refused(&["--waves", "100%", "--success-percent", "101"]).starts_with("--success-percent: "));
+        assert!(refused(&["--waves", "100%", "--device-timeout", "0s"]).starts_with("--device-timeout: "));
+        assert!(refused(&["--waves", "100%", "--rate", "0/min"]).starts_with("--rate: "));
+    }
+
+    #[test]
+    fn rollout_flags_need_waves_and_parse_their_values() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["duhub", "deployment", "create", "g", "d", "--update", "P/N/1.0"].iter().chain(args))
+        };
+        assert!(parse(&["--bake", "30m"]).is_err(), "--bake without --waves");
+        assert!(parse(&["--approve-waves"]).is_err());
+        for bad in [
+            &["--waves", "0%"][..],
+            &["--waves", "10%,x"],
+            &["--waves", "100%", "--bake", "30"],
+            &["--waves", "100%", "--on-failure", "retry"],
+            &["--waves", "100%", "--rate", "100/s"],
+            &["--waves", "100%", "--window", "2-5"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--waves", "100%", "--window", "02:00-05:00", "--rate", "5/min"]).is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 use tokio::sync::mpsc;
 
 use super::download::Fetch;
-use super::fleet::{Fleet, Status};
+use super::fleet::{Fleet, Moment, Status};
 use super::scenario::{Fate, PhaseName, SplitMix64, draw};
 
 /// A simulated device's job runner.
@@ -97,11 +97,14 @@ impl SimDevice {
     }
 
     async fn execute(&self, job: &Job, cancel: &AtomicBool) -> Outcome {
-        match self.run_job(job, cancel).await {
+        self.fleet.reached(self.index, Moment::Started);
+        let outcome = match self.run_job(job, cancel).await {
             Ok(outcome) => outcome,
             Err(_) if cancel.load(Ordering::SeqCst) => Outcome::Cancelled,
             Err(failure) => Outcome::Failed(LastInstallResult::new(failure)),
-        }
+        };
+        self.fleet.reached(self.index, Moment::Finished);
+        outcome
     }
 
     async fn run_job(&self, job: &Job, cancel: &AtomicBool) -> Result<Outcome, InstallResult> {
@@ -196,6 +199,7 @@ impl SimDevice {
             })?;
             self.fetch(sandbox, id, entry, file_url, cancel).await?;
         }
+        self.fleet.reached(self.index, Moment::Downloaded);
         self.failure_of(PhaseName::Download)?;
         self.fleet.set_status(self.index, Status::Installing);
         self.phase_latency(PhaseName::Install, cancel).await?;

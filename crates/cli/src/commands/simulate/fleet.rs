@@ -49,13 +49,51 @@ impl Status {
 /// "Not yet" in the millisecond fields.
 const NEVER: u64 = u64::MAX;
 
+/// The moments of one device's deployment, in the order they happen; the rehearsal report
+/// gives their percentiles and the gaps between them, which tell where the devices wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Moment {
+    /// The desired property with the deployment arrived (the service's reconciler, writer and
+    /// MQTT push).
+    Desired = 0,
+    /// The job started (the manifest was accepted by the workflow core).
+    Started = 1,
+    /// The hub acknowledged the in-progress report.
+    InProgressAcknowledged = 2,
+    /// The files were downloaded and verified.
+    Downloaded = 3,
+    /// The job ended (after the simulated install and apply).
+    Finished = 4,
+    /// The hub acknowledged the terminal report.
+    Terminal = 5,
+}
+
+impl Moment {
+    /// Every moment, in order.
+    pub(super) const ALL: [Moment; 6] =
+        [Self::Desired, Self::Started, Self::InProgressAcknowledged, Self::Downloaded, Self::Finished, Self::Terminal];
+
+    /// Its name in the report.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Desired => "desired",
+            Self::Started => "started",
+            Self::InProgressAcknowledged => "inProgressAcknowledged",
+            Self::Downloaded => "downloaded",
+            Self::Finished => "finished",
+            Self::Terminal => "terminal",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Record {
     status: AtomicU8,
     ready: AtomicBool,
     online: AtomicBool,
-    /// Milliseconds after the simulator started when its terminal report was acknowledged.
-    terminal_ms: AtomicU64,
+    /// Milliseconds after the simulator started when each [`Moment`] first happened in this
+    /// deployment ([`NEVER`] before).
+    moments: [AtomicU64; Moment::ALL.len()],
     /// `resultCode` and `extendedResultCodes` of its last failure report.
     failure: Mutex<Option<(i32, String)>>,
 }
@@ -98,7 +136,7 @@ impl Fleet {
                 status: AtomicU8::new(Status::Idle as u8),
                 ready: AtomicBool::new(false),
                 online: AtomicBool::new(false),
-                terminal_ms: AtomicU64::new(NEVER),
+                moments: std::array::from_fn(|_| AtomicU64::new(NEVER)),
                 failure: Mutex::new(None),
             })
             .collect();
@@ -124,16 +162,34 @@ impl Fleet {
     pub(super) fn deployment_requested(&self) {
         for record in &self.records {
             record.status.store(Status::Idle as u8, Ordering::SeqCst);
-            record.terminal_ms.store(NEVER, Ordering::SeqCst);
+            for moment in &record.moments {
+                moment.store(NEVER, Ordering::SeqCst);
+            }
         }
         self.deployed_ms.store(self.now_ms(), Ordering::SeqCst);
     }
 
     /// Seconds from the deployment request to device `index`'s terminal report.
     pub(super) fn completion_seconds(&self, index: usize) -> Option<f64> {
+        self.moment_seconds(index, Moment::Terminal)
+    }
+
+    /// Seconds from the deployment request to device `index`'s `moment`, if it happened.
+    pub(super) fn moment_seconds(&self, index: usize, moment: Moment) -> Option<f64> {
         let deployed = self.deployed_ms.load(Ordering::SeqCst);
-        let done = self.records.get(index)?.terminal_ms.load(Ordering::SeqCst);
-        (deployed != NEVER && done != NEVER).then(|| done.saturating_sub(deployed) as f64 / 1000.0)
+        let at = self.records.get(index)?.moments.get(moment as usize)?.load(Ordering::SeqCst);
+        (deployed != NEVER && at != NEVER).then(|| at.saturating_sub(deployed) as f64 / 1000.0)
+    }
+
+    /// Records that device `index` reached `moment` now, unless it did already in this
+    /// deployment (or no deployment was requested yet).
+    pub(super) fn reached(&self, index: usize, moment: Moment) {
+        if self.deployed_ms.load(Ordering::SeqCst) == NEVER {
+            return;
+        }
+        if let Some(at) = self.records.get(index).and_then(|r| r.moments.get(moment as usize)) {
+            let _ = at.compare_exchange(NEVER, self.now_ms(), Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 
     /// The failure device `index` reported last.
@@ -190,6 +246,10 @@ impl Observer for DeviceObserver {
         }
     }
 
+    fn desired(&self, _patch: &Value) {
+        self.fleet.reached(self.index, Moment::Desired);
+    }
+
     fn reported(&self, patch: &Value) {
         let Ok(Some(agent)) = AgentProperties::locate(patch) else { return };
         let Some(record) = self.record() else { return };
@@ -198,6 +258,10 @@ impl Observer for DeviceObserver {
         }
         let result = agent.last_install_result.as_ref();
         let status = match agent.state {
+            Some(AgentState::DeploymentInProgress) => {
+                self.fleet.reached(self.index, Moment::InProgressAcknowledged);
+                return;
+            }
             Some(AgentState::Failed) => Status::Failed,
             Some(AgentState::Idle) if result.is_some_and(|r| r.result_code.is_success()) => Status::Succeeded,
             Some(AgentState::Idle) => Status::Canceled,
@@ -215,6 +279,6 @@ impl Observer for DeviceObserver {
             *failure = Some((result.result_code.0, codes));
         }
         record.status.store(status as u8, Ordering::SeqCst);
-        let _ = record.terminal_ms.compare_exchange(NEVER, self.fleet.now_ms(), Ordering::SeqCst, Ordering::SeqCst);
+        self.fleet.reached(self.index, Moment::Terminal);
     }
 }

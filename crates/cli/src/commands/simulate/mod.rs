@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use duhub_agent::runtime::{Agent, AgentOptions, Stopped};
+use duhub_agent::runtime::{Agent, AgentOptions, StateStore, Stopped};
 use duhub_agent::settings::{Settings, Transport};
 use duhub_proto::root_key::{RootKeyPackage, parse_root_key_list};
 use duhub_proto::trust::TrustStore;
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use self::device::SimDevice;
 use self::download::Downloader;
-use self::fleet::{Fleet, Status};
+use self::fleet::{Fleet, Moment, Status};
 use self::scenario::{DevicePlan, Fate, Scenario, SplitMix64, draw};
 use super::device::Service;
 use super::du::client::DuClient;
@@ -170,7 +170,7 @@ async fn run(args: &SimulateArgs, scenario: Scenario, plan: Vec<DevicePlan>, see
             servers: device_servers,
             source: (!args.sources.is_empty()).then(|| args.sources[index % args.sources.len()]),
             device_information: Some(device_information),
-            durable: false,
+            state: StateStore::Memory(Arc::default()),
             reboot_stops: true,
             observer: Some(fleet.observer(index)),
         };
@@ -329,6 +329,7 @@ impl Rehearsal<'_> {
             rollback_update: None,
             rollback_failed_count: None,
             rollback_failed_percent: None,
+            rollout: crate::cli::RolloutArgs::default(),
             du: crate::cli::DuArgs {
                 admin: self.args.du.admin.clone(),
                 instance: self.args.du.instance.clone(),
@@ -429,6 +430,7 @@ impl Rehearsal<'_> {
             "allTerminalSeconds": round3(all_terminal),
             "serviceAgreedSeconds": agreed_at.map(round3),
             "completionSeconds": {"p50": round3(percentile(50.0)), "p90": round3(percentile(90.0)), "p99": round3(percentile(99.0))},
+            "moments": self.moments(),
             "bytesDownloaded": self.fleet.downloader.bytes.load(std::sync::atomic::Ordering::Relaxed),
             "sharedDownloads": self.fleet.scenario.shared_downloads,
             "serviceCounts": service_said,
@@ -438,6 +440,43 @@ impl Rehearsal<'_> {
             "failedDevices": failed_devices,
         }))
     }
+}
+
+impl Rehearsal<'_> {
+    /// Where the devices spent the time: for each [`Moment`], the percentiles of when the
+    /// devices reached it (seconds after the request), and of the gap from the moment before.
+    fn moments(&self) -> Value {
+        let devices = 0..self.plan.len();
+        let mut report = serde_json::Map::new();
+        let mut previous: Option<Moment> = None;
+        for moment in Moment::ALL {
+            let at: Vec<f64> = devices.clone().filter_map(|i| self.fleet.moment_seconds(i, moment)).collect();
+            let mut entry = json!({"devices": at.len(), "atSeconds": percentiles(at)});
+            if let Some(before) = previous {
+                let gaps: Vec<f64> = devices
+                    .clone()
+                    .filter_map(|i| Some(self.fleet.moment_seconds(i, moment)? - self.fleet.moment_seconds(i, before)?))
+                    .collect();
+                entry["afterPreviousSeconds"] = percentiles(gaps);
+            }
+            report.insert(moment.name().to_owned(), entry);
+            previous = Some(moment);
+        }
+        Value::Object(report)
+    }
+}
+
+/// p50, p90, p99 and the maximum of `values`, rounded to milliseconds.
+fn percentiles(mut values: Vec<f64>) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+        values.get(rank.clamp(1, values.len()) - 1).copied().map(round3)
+    };
+    json!({"p50": at(50.0), "p90": at(90.0), "p99": at(99.0), "max": at(100.0)})
 }
 
 fn round3(value: f64) -> f64 {

@@ -90,12 +90,14 @@ fn order(uri: &Uri, items: &mut [Value], fields: &[(&str, &str)]) -> Result<(), 
     Ok(())
 }
 
-/// Records read per query while a keyset page is filled.
+/// Most records read per query while a keyset page is filled.
 const KEYSET_CHUNK: i64 = 1000;
 
 /// One keyset page of the records matching `filter` (or, with `ids`, of those devices) that
 /// `keep` accepts, and whether more follow. Reads from the previous page's last key on, in
-/// chunks, until the page is full and one more kept record is seen.
+/// chunks, until the page is full and one more kept record is seen. The first chunk is the
+/// page and one more (what an unfiltered page needs); each further chunk is twice the last, up
+/// to [`KEYSET_CHUNK`], so that a filter that keeps few records still reads in large steps.
 async fn keyset_records(
     state: &DuState,
     keyset: &Keyset,
@@ -111,9 +113,11 @@ async fn keyset_records(
         page.extend(rows.by_ref().take(keyset.limit));
         return Ok((page, rows.next().is_some()));
     }
+    let mut size = i64::try_from(keyset.limit).unwrap_or(KEYSET_CHUNK).saturating_add(1).min(KEYSET_CHUNK);
     loop {
-        let chunk = state.du.store().records(filter, after.as_deref(), KEYSET_CHUNK).await?;
-        let done = i64::try_from(chunk.len()).unwrap_or(i64::MAX) < KEYSET_CHUNK;
+        let chunk = state.du.store().records(filter, after.as_deref(), size).await?;
+        let done = i64::try_from(chunk.len()).unwrap_or(i64::MAX) < size;
+        size = size.saturating_mul(2).min(KEYSET_CHUNK);
         after = chunk.last().map(|r| r.device_id.clone()).or(after);
         for row in chunk {
             if keep(&row) {
