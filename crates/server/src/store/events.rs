@@ -119,7 +119,11 @@ mod tests {
     #[test]
     fn events_cross_nodes_without_their_patch() {
         let events = [
-            Event::DesiredChanged { device_id: "d1".into(), version: 7, patch: Some(Arc::new(serde_json::json!({"a": 1}))) },
+            Event::DesiredChanged {
+                device_id: "d1".into(),
+                version: 7,
+                patch: Some(Arc::new(serde_json::json!({"a": 1}))),
+            },
             Event::SessionOpened { device_id: "d1".into(), session: "n1/3".into() },
             Event::DeviceRevoked { device_id: "d1".into() },
         ];

@@ -211,10 +211,17 @@ pub(super) enum TwinEdit {
     Desired(Value),
     Reported(Value),
     Tags(Value),
-    Replace { tags: Option<Value>, desired: Option<Value> },
+    Replace {
+        tags: Option<Value>,
+        desired: Option<Value>,
+    },
     /// Desired `component`.`member` set to `value` by a patch that nulls what the old value
     /// had and `value` lacks ([`replacement`]).
-    ReplaceMember { component: Arc<str>, member: Arc<str>, value: Arc<Value> },
+    ReplaceMember {
+        component: Arc<str>,
+        member: Arc<str>,
+        value: Arc<Value>,
+    },
 }
 
 /// What applying a [`TwinEdit`] changed.
@@ -253,7 +260,8 @@ impl TwinEdit {
             }
             Self::Replace { tags, desired } => {
                 // Both checked before either is applied: a refused edit changes nothing.
-                let tags = tags.as_ref().map(|tags| twin_doc::apply_patch(&Map::new(), tags, Section::Tags)).transpose()?;
+                let tags =
+                    tags.as_ref().map(|tags| twin_doc::apply_patch(&Map::new(), tags, Section::Tags)).transpose()?;
                 let desired =
                     desired.as_ref().map(|d| twin_doc::apply_patch(&Map::new(), d, Section::Desired)).transpose()?;
                 if let Some(tags) = tags {
@@ -341,15 +349,19 @@ pub(super) async fn apply_change(
     let patch = Value::Object(patch);
     twins.desired_patches.push((device_id.to_owned(), desired_version, patch.to_string()));
     if let Some(node) = notify_node {
-        let payload = serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": desired_version});
+        let payload =
+            serde_json::json!({"node": &*node, "kind": "desired", "device": device_id, "version": desired_version});
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
             .bind(payload.to_string())
             .execute(&mut *tx)
             .await?;
     }
-    let event =
-        Event::DesiredChanged { device_id: device_id.to_owned(), version: desired_version, patch: Some(Arc::new(patch)) };
+    let event = Event::DesiredChanged {
+        device_id: device_id.to_owned(),
+        version: desired_version,
+        patch: Some(Arc::new(patch)),
+    };
     Ok((twin, Some(event), record_changed))
 }
 

@@ -65,9 +65,8 @@ fn op() -> impl Strategy<Value = Op> {
         device.clone().prop_map(|device| Op::RemoveAgent { device }),
         (device.clone(), prop::option::of(0..2usize)).prop_map(|(device, group)| Op::Tag { device, group }),
         (device.clone(), prop::option::of(0..2usize)).prop_map(|(device, group)| Op::Replace { device, group }),
-        (device.clone(), 0..2usize, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-            |(device, workflow, cancel, retry, bulk)| Op::Desired { device, workflow, cancel, retry, bulk }
-        ),
+        (device.clone(), 0..2usize, any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(device, workflow, cancel, retry, bulk)| Op::Desired { device, workflow, cancel, retry, bulk }),
         device.prop_map(|device| Op::Recreate { device }),
     ]
 }

@@ -324,7 +324,9 @@ pub(crate) async fn a_desired_member_replaced_on_many_devices_is_a_patch_against
     assert_eq!(twin.desired_version, 3);
     assert_eq!(
         store.desired_patch("many-1", 3).await.unwrap(),
-        Some(json!({"comp": {"__t": "c", "svc": {"keep": {"a": 5, "b": null}, "new": "x", "old": null}}, "$version": 3})),
+        Some(
+            json!({"comp": {"__t": "c", "svc": {"keep": {"a": 5, "b": null}, "new": "x", "old": null}}, "$version": 3})
+        ),
         "the recorded patch nulls what the old value had"
     );
     let patch = subscribed.next_desired(TIMEOUT).await.unwrap();
