@@ -284,7 +284,10 @@ impl Core {
             Outcome::Cancelled => AgentProperties::cancelled(Some(workflow)),
             Outcome::RestartRequired { .. } => return Vec::new(),
         };
-        vec![Action::Journal(self.journal()), Action::Report(Box::new(report))]
+        // The report reaches the outbox before the journal says "completed": a crash between
+        // the two then re-sends the report and runs the (installed) job again, instead of
+        // remembering a completion the service never hears of.
+        vec![Action::Report(Box::new(report)), Action::Journal(self.journal())]
     }
 }
 
@@ -342,7 +345,8 @@ mod tests {
         assert!(core.is_busy());
         assert_eq!(
             states(&core.handle(Event::Finished { workflow_id: "w1".into(), outcome: success() })),
-            ["journal", "report 0"]
+            ["report 0", "journal"],
+            "the result is in the outbox before the journal remembers the completion"
         );
         assert_eq!(core.journal().completed.unwrap().id, "w1");
     }
@@ -439,7 +443,7 @@ mod tests {
         core.handle(Event::Finished { workflow_id: "w1".into(), outcome: Outcome::RestartRequired { reboot: true } });
         // The runtime could not reboot and ends the workflow.
         let actions = core.handle(Event::Finished { workflow_id: "w1".into(), outcome: failure() });
-        assert_eq!(states(&actions), ["journal", "report 255"]);
+        assert_eq!(states(&actions), ["report 255", "journal"]);
         assert_eq!(core.journal().completed.unwrap().id, "w1");
         assert!(!core.is_busy());
     }
