@@ -55,6 +55,30 @@ async fn told(service: &duhub_testkit::ServiceClient, devices: &[String]) -> usi
     count
 }
 
+/// Waits until at least `count` of `devices` have been told a deployment workflow.
+async fn wait_told(service: &duhub_testkit::ServiceClient, devices: &[String], count: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while told(service, devices).await < count {
+        assert!(tokio::time::Instant::now() < deadline, "fewer than {count} devices told");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `count` agent devices `PREFIX-i` of model toaster in `group`, and their ids.
+async fn fleet(
+    server: &duhub_testkit::TestServer,
+    prefix: &str,
+    count: usize,
+    group: &str,
+) -> (Vec<String>, Vec<TestDevice>) {
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let mut devices = Vec::new();
+    for id in &ids {
+        devices.push(agent_device(server, id, Some(group), "toaster").await);
+    }
+    (ids, devices)
+}
+
 pub(crate) async fn a_device_that_goes_back_during_the_bake_is_no_success(backend: Backend) {
     let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
@@ -96,21 +120,13 @@ pub(crate) async fn a_device_that_goes_back_during_the_bake_is_no_success(backen
 pub(crate) async fn the_rate_and_the_window_hold_devices_back_on_the_rollout_clock(backend: Backend) {
     let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("2.0", b"#!/bin/sh\necho 2\n")).await;
-    let ids: Vec<String> = (0..5).map(|i| format!("rate-{i}")).collect();
-    let mut devices = Vec::new();
-    for id in &ids {
-        devices.push(agent_device(&server, id, Some("rate"), "toaster").await);
-    }
+    let (ids, mut devices) = fleet(&server, "rate", 5, "rate").await;
     put_rollout(&du, "rate", "r1", json!({"waves": ["100%"], "rate": {"devicesPerMinute": 2}})).await;
     let first = rollout_until(&du, "rate", "r1", "two started", |r| r["totals"]["started"] == 2).await;
     assert_eq!(first["status"], "Running");
     // Every device a pass started is told; the others are not.
     let service = server.service();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while told(service, &ids).await < 2 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_told(service, &ids, 2).await;
     // Another pass in the same minute of the rollouts' clock starts nobody.
     server.du_service().reconcile(true).await.unwrap();
     assert_eq!(rollout(&du, "rate", "r1").await["totals"]["started"], 2);
@@ -119,11 +135,7 @@ pub(crate) async fn the_rate_and_the_window_hold_devices_back_on_the_rollout_clo
     rollout_until(&du, "rate", "r1", "four started", |r| r["totals"]["started"] == 4).await;
     server.du_service().advance_rollout_clock(Duration::from_secs(61));
     rollout_until(&du, "rate", "r1", "five started", |r| r["totals"]["started"] == 5).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while told(service, &ids).await < 5 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_told(service, &ids, 5).await;
 
     // A window that opens in two hours (UTC, on the rollouts' clock).
     let window_ids: Vec<String> = (0..3).map(|i| format!("window-{i}")).collect();
@@ -148,11 +160,7 @@ pub(crate) async fn operators_pause_resume_promote_and_abort_with_their_names_re
     let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("2.0", b"#!/bin/sh\necho 2\n")).await;
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
-    let ids: Vec<String> = (0..10).map(|i| format!("ops-{i}")).collect();
-    let mut devices = Vec::new();
-    for id in &ids {
-        devices.push(agent_device(&server, id, Some("ops"), "toaster").await);
-    }
+    let (ids, mut devices) = fleet(&server, "ops", 10, "ops").await;
     // Policy errors name the rule and the pointer; nothing is stored.
     let bad = du
         .expect(
@@ -203,11 +211,7 @@ pub(crate) async fn operators_pause_resume_promote_and_abort_with_their_names_re
 
     // The first wave's devices succeed: the next waits for approval; promote starts it.
     let service = server.service();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while told(service, &ids).await < 2 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_told(service, &ids, 2).await;
     for (i, id) in ids.iter().enumerate() {
         let twin = service.twin(id).await.unwrap();
         if let Some(workflow) = twin.pointer("/properties/desired/deviceUpdate/service/workflow/id") {
@@ -261,11 +265,7 @@ pub(crate) async fn two_nodes_on_one_database_start_each_wave_and_each_budget_on
             rollout_until(&du, "pair", "r1", "starts", |r| r["totals"]["started"].as_u64() >= Some(expected as u64))
                 .await;
         assert_eq!(seen["totals"]["started"], expected, "{seen:#}");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while told(service, &ids).await < expected {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_told(service, &ids, expected).await;
         // Both nodes pass again within the same minute: nobody else starts.
         for node in &nodes {
             node.reconcile(true).await.unwrap();
@@ -287,11 +287,7 @@ pub(crate) async fn a_tripped_gate_rolls_back_the_failed_and_a_late_device_joins
     let Some(Service { server, du, files, _dir }) = Service::start(backend).await else { return };
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
     imported(&du, &files, &toaster("2.0", b"#!/bin/sh\necho 2\n")).await;
-    let ids: Vec<String> = (0..4).map(|i| format!("trip-{i}")).collect();
-    let mut devices = Vec::new();
-    for id in &ids {
-        devices.push(agent_device(&server, id, Some("trip"), "toaster").await);
-    }
+    let (ids, mut devices) = fleet(&server, "trip", 4, "trip").await;
     du.expect(
         Method::PUT,
         "/management/groups/trip/deployments/r1",
@@ -306,11 +302,7 @@ pub(crate) async fn a_tripped_gate_rolls_back_the_failed_and_a_late_device_joins
     .unwrap();
     rollout_until(&du, "trip", "r1", "wave 1 started", |r| r["totals"]["started"] == 2).await;
     let service = server.service();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while told(service, &ids).await < 2 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_told(service, &ids, 2).await;
     // One started device fails: 1 of 1 finished is above 10 %.
     let mut failed = None;
     for (i, id) in ids.iter().enumerate() {
