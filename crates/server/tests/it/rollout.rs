@@ -14,13 +14,18 @@ use crate::du::{Service, agent_device, imported, next_service, report, toaster};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn put_rollout(du: &DuClient, group: &str, id: &str, rollout: Value) -> Value {
+    put_rollout_answering(du, group, id, rollout, StatusCode::OK).await
+}
+
+/// Deploys toaster 2.0 to `group` with `rollout`; the answer must be `status`.
+async fn put_rollout_answering(du: &DuClient, group: &str, id: &str, rollout: Value, status: StatusCode) -> Value {
     du.expect(
         Method::PUT,
         &format!("/management/groups/{group}/deployments/{id}"),
         Some(&json!({"deploymentId": id, "groupId": group, "startDateTime": "2026-01-01T00:00:00Z",
             "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "2.0"}},
             "rollout": rollout})),
-        StatusCode::OK,
+        status,
     )
     .await
     .unwrap()
@@ -162,29 +167,16 @@ pub(crate) async fn operators_pause_resume_promote_and_abort_with_their_names_re
     imported(&du, &files, &toaster("1.0", b"#!/bin/sh\necho 1\n")).await;
     let (ids, mut devices) = fleet(&server, "ops", 10, "ops").await;
     // Policy errors name the rule and the pointer; nothing is stored.
-    let bad = du
-        .expect(
-            Method::PUT,
-            "/management/groups/ops/deployments/r1",
-            Some(&json!({"deploymentId": "r1", "groupId": "ops", "startDateTime": "2026-01-01T00:00:00Z",
-                "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "2.0"}},
-                "rollout": {"waves": ["50%", "10%"]}})),
-            StatusCode::BAD_REQUEST,
-        )
-        .await
-        .unwrap();
+    let bad = put_rollout_answering(&du, "ops", "r1", json!({"waves": ["50%", "10%"]}), StatusCode::BAD_REQUEST).await;
     assert_eq!(bad["error"]["target"], "rollout/waves/1", "{bad:#}");
-    let bad = du
-        .expect(
-            Method::PUT,
-            "/management/groups/ops/deployments/r1",
-            Some(&json!({"deploymentId": "r1", "groupId": "ops", "startDateTime": "2026-01-01T00:00:00Z",
-                "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "2.0"}},
-                "rollout": {"waves": ["100%"], "onFailure": "rollback"}})),
-            StatusCode::BAD_REQUEST,
-        )
-        .await
-        .unwrap();
+    let bad = put_rollout_answering(
+        &du,
+        "ops",
+        "r1",
+        json!({"waves": ["100%"], "onFailure": "rollback"}),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert!(bad["error"]["message"].as_str().unwrap().contains("rollbackPolicy"), "{bad:#}");
     du.expect(Method::GET, "/management/groups/ops/deployments/r1", None, StatusCode::NOT_FOUND).await.unwrap();
 

@@ -147,7 +147,11 @@ impl DeviceUpdate {
         let mut next = None;
         for (deployment, revision) in snapshot.deployments.iter().zip(&snapshot.revisions) {
             let Some(rollout) = &deployment.rollout else { continue };
-            if deployment.subgroups.is_empty() || !deploy::has_started(&deployment.start_date_time, &snapshot.now) {
+            // An aborted rollout never changes again: no pass reads its members.
+            if rollout.state.status == RolloutStatus::Aborted
+                || deployment.subgroups.is_empty()
+                || !deploy::has_started(&deployment.start_date_time, &snapshot.now)
+            {
                 continue;
             }
             // Devices of the group in the deployment's classes: more than members means some
