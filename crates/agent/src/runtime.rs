@@ -512,14 +512,23 @@ impl Agent {
         Ok(None)
     }
 
-    /// Sends the outbox in order, removing each patch once the hub acknowledged it.
+    /// Sends the outbox in order, removing each patch once the hub acknowledged it. Patches that
+    /// combine (`twin_doc::combine_patches`: the in-progress report and the acknowledgement of
+    /// the deployment that started it, say) go as one: one twin update instead of several.
     async fn flush(&self, link: &mut HubLink, outbox: &mut Vec<Value>, path: &Path) -> Result<(), SessionError> {
-        while let Some(patch) = outbox.first() {
-            match link.report(patch).await {
+        let mut combine = true;
+        while !outbox.is_empty() {
+            let (patch, count) = next_report(outbox, combine);
+            match link.report(&patch).await {
                 Ok(()) => {
                     if let Some(observer) = &self.observer {
-                        observer.reported(patch);
+                        outbox.iter().take(count).for_each(|sent| observer.reported(sent));
                     }
+                }
+                // Refused combined: each is sent alone, so that only the one at fault is dropped.
+                Err(HubError::Status { status, .. }) if count > 1 && (400..500).contains(&status) && status != 429 => {
+                    combine = false;
+                    continue;
                 }
                 // The hub refused the patch itself (too large, invalid): sending it again cannot
                 // succeed, and it must not block the reports behind it.
@@ -528,7 +537,8 @@ impl Agent {
                 }
                 Err(error) => return Err(error.into()),
             }
-            outbox.remove(0);
+            outbox.drain(..count);
+            combine = true;
             self.state.save_outbox(path, outbox)?;
         }
         Ok(())
@@ -544,6 +554,27 @@ impl Agent {
         properties.adu_ver = Some(format!("DU;agent/{}", env!("CARGO_PKG_VERSION")));
         AgentProperties::startup(properties, &self.settings.compat_property_names)
     }
+}
+
+/// Largest combined report (compact JSON): far below IoT Hub's message and section limits.
+const MAX_COMBINED_REPORT: usize = 8 * 1024;
+
+/// The next patch to send from a non-empty outbox and how many queued patches it carries: the
+/// first, combined with those after it while they combine and stay small.
+fn next_report(outbox: &[Value], combine: bool) -> (Value, usize) {
+    let Some((first, rest)) = outbox.split_first() else { return (Value::Null, 0) };
+    let mut patch = first.clone();
+    let mut count = 1;
+    for next in rest.iter().take_while(|_| combine) {
+        match duhub_proto::twin_doc::combine_patches(&patch, next) {
+            Some(combined) if serde_json::to_string(&combined).map_or(0, |t| t.len()) <= MAX_COMBINED_REPORT => {
+                patch = combined;
+                count += 1;
+            }
+            _ => break,
+        }
+    }
+    (patch, count)
 }
 
 enum SessionError {
@@ -725,6 +756,29 @@ fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_reports_that_combine_go_as_one_and_a_change_of_state_never_does() {
+        use serde_json::json;
+        let in_progress =
+            json!({"deviceUpdate": {"__t": "c", "agent": {"state": 6, "workflow": {"action": 3, "id": "w"}}}});
+        let ack = json!({"deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": 7, "value": {}}}});
+        let finished =
+            json!({"deviceUpdate": {"__t": "c", "agent": {"state": 0, "workflow": {"action": 3, "id": "w"}}}});
+        let outbox = vec![in_progress.clone(), ack.clone(), finished.clone()];
+        let (first, count) = next_report(&outbox, true);
+        assert_eq!(count, 2, "the in-progress report and the acknowledgement go together");
+        assert_eq!(
+            first,
+            json!({"deviceUpdate": {"__t": "c", "agent": {"state": 6, "workflow": {"action": 3, "id": "w"}},
+                "service": {"ac": 200, "av": 7, "value": {}}}})
+        );
+        assert_eq!(next_report(&outbox[2..], true), (finished.clone(), 1));
+        assert_eq!(next_report(&outbox, false), (in_progress, 1), "without combining, one at a time");
+        // Too large together: one at a time.
+        let big = json!({"deviceUpdate": {"agent": {"lastInstallResult": {"resultDetails": "x".repeat(MAX_COMBINED_REPORT)}}}});
+        assert_eq!(next_report(&[ack.clone(), big], true), (ack, 1));
+    }
 
     #[test]
     fn state_stores_hand_the_journal_and_outbox_to_the_next_agent() {

@@ -112,6 +112,27 @@ pub fn merge_patch_value(target: &mut Value, patch: &Value) {
     }
 }
 
+/// One merge patch with the effect of applying `first` and then `second` to any document, when the
+/// union of the two has that effect: where both name a member, both values are objects (combined
+/// the same way) or equal. `None` when they conflict (a member set twice to different values, or
+/// deleted and then set), so that no state the first one reports is skipped. An agent sends the
+/// patches it has queued as one when they combine: one twin update instead of several.
+pub fn combine_patches(first: &Value, second: &Value) -> Option<Value> {
+    let (Value::Object(first), Value::Object(second)) = (first, second) else { return None };
+    let mut combined = first.clone();
+    for (name, value) in second {
+        match combined.get_mut(name) {
+            None => {
+                combined.insert(name.clone(), value.clone());
+            }
+            Some(existing) if existing == value => {}
+            Some(existing @ Value::Object(_)) if value.is_object() => *existing = combine_patches(existing, value)?,
+            Some(_) => return None,
+        }
+    }
+    Some(Value::Object(combined))
+}
+
 /// Checks `patch` against the rules of `section` and reports the first broken one in document order.
 pub fn validate_patch(patch: &Value, section: Section) -> Result<(), TwinDocError> {
     let Value::Object(members) = patch else {
@@ -291,6 +312,37 @@ mod tests {
         assert_eq!(expected, "{\"a\":1,\"b\":{\"c\":\"d\u{e9}\\n\"}}");
         assert_eq!(section_size(&map), expected.len());
         assert_eq!(section_size(&Map::new()), 2);
+    }
+
+    #[test]
+    fn combined_patches_have_the_effect_of_both_in_order_or_are_refused() {
+        let documents = [json!({}), json!({"a": {"z": 3}, "k": 5}), json!({"a": 1, "b": {"c": [1]}})];
+        let pairs = [
+            (json!({"a": {"x": 1}, "t": "c"}), json!({"a": {"y": 2}, "t": "c", "b": null})),
+            (json!({"k": null}), json!({"k": null, "n": [1, 2]})),
+            (json!({"a": {"x": {"deep": 1}}}), json!({"a": {"x": {"deeper": 2}}, "b": {"c": 1}})),
+        ];
+        for (first, second) in &pairs {
+            let combined = combine_patches(first, second).expect("these combine");
+            for document in &documents {
+                let mut sequential = document.clone();
+                merge_patch_value(&mut sequential, first);
+                merge_patch_value(&mut sequential, second);
+                let mut at_once = document.clone();
+                merge_patch_value(&mut at_once, &combined);
+                assert_eq!(at_once, sequential, "{first} then {second} on {document}");
+            }
+        }
+        // Set twice to different values, deleted then set, an object then a value: refused.
+        for (first, second) in [
+            (json!({"state": 6}), json!({"state": 0})),
+            (json!({"a": null}), json!({"a": {"x": 1}})),
+            (json!({"a": {"x": 1}}), json!({"a": 2})),
+            (json!({"a": {"s": {"v": 1}}}), json!({"a": {"s": {"v": 2}}})),
+            (json!([1]), json!({"a": 1})),
+        ] {
+            assert_eq!(combine_patches(&first, &second), None, "{first} and {second}");
+        }
     }
 
     #[test]
