@@ -11,10 +11,9 @@ use duhub_proto::iothub::{self, DeviceTopic};
 use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Command, Hub, frame};
+use super::{Command, Hub, Inbox, frame};
 use crate::store::{DeviceStatus, MqttSession, StoreError};
 
 /// Why a connection ended (for the log).
@@ -123,8 +122,7 @@ where
             }
         };
     let device_id = identity.device_id.clone();
-    let (commands, mut inbox) = mpsc::channel(64);
-    hub.register(&device_id, connection, commands);
+    let inbox = hub.register(&device_id, connection);
     *registered = Some(device_id.clone());
     let session = format!("{}/{connection}", hub.store.node_id());
     if let Err(error) =
@@ -153,7 +151,7 @@ where
 
     let mut state =
         SessionState { desired_subscribed: identity.resumed.is_some_and(|session| session.desired), next_pkid: 1 };
-    let end = serve(&hub, &mut conn, &identity, &mut inbox, &mut state).await;
+    let end = serve(&hub, &mut conn, &identity, &inbox, &mut state).await;
     tracing::info!(%peer, device = %device_id, %end, "device disconnected");
     if hub.unregister(&device_id, connection)
         && let Err(error) = Box::pin(hub.store.set_connection(&device_id, false, None, None)).await
@@ -208,7 +206,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     hub: &Hub,
     conn: &mut Conn<S>,
     identity: &Identity,
-    inbox: &mut mpsc::Receiver<Command>,
+    inbox: &Inbox,
     state: &mut SessionState,
 ) -> End {
     // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods without a packet end the session.
@@ -218,16 +216,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let packet = tokio::select! {
             packet = conn.next() => packet,
-            command = inbox.recv() => {
+            command = inbox.next() => {
                 match command {
-                    Some(Command::Desired(patch)) => {
+                    Command::Desired(patch) => {
                         if let Err(end) = Box::pin(deliver_desired(conn, state, &patch)).await {
                             return end;
                         }
                         continue;
                     }
-                    Some(Command::Close(reason)) => return End::Closed(reason),
-                    None => return End::Closed("the hub closed the session"),
+                    Command::Close(reason) => return End::Closed(reason),
                 }
             }
             () = sleep_until(deadline) => return End::Closed("keep-alive timeout"),

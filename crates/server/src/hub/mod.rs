@@ -19,16 +19,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use futures_util::FutureExt as _;
 
 use serde_json::Value;
+use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+
+use tokio::sync::Notify;
 
 use crate::store::{Event, Store};
 
 /// What the hub tells a live session.
 #[derive(Debug, Clone)]
 pub(crate) enum Command {
-    /// Deliver a desired patch (with `$version`). Shared with the event it came from: every
-    /// session's channel allocates its slots up front, so the command is kept two words small.
+    /// Deliver a desired patch (with `$version`), shared with the event it came from.
     Desired(Arc<Value>),
     /// Close the connection.
     Close(&'static str),
@@ -44,7 +45,58 @@ pub const TEST_PANIC_TOPIC: &str = "$duhub/test-hooks/panic";
 
 struct Session {
     connection: u64,
-    commands: mpsc::Sender<Command>,
+    commands: Arc<Inbox>,
+}
+
+/// Most commands waiting in one session's inbox; more are dropped (as a full channel's
+/// `try_send` would): a device that far behind catches up with a twin GET when it reconnects.
+const INBOX_CAPACITY: usize = 64;
+
+/// The commands waiting for one live session: a queue and a wake-up. Every connected device has
+/// one while it is idle, so it is kept small: about a hundred bytes and nothing allocated while
+/// empty, where a tokio channel allocated its first block of 32 slots (about 1 KiB) up front.
+pub(crate) struct Inbox {
+    queue: Mutex<VecDeque<Command>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { queue: Mutex::new(VecDeque::new()), ready: Notify::new() })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Command>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `command` unless the inbox is full.
+    fn offer(&self, command: Command) {
+        {
+            let mut queue = self.queue();
+            if queue.len() >= INBOX_CAPACITY {
+                return;
+            }
+            queue.push_back(command);
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next command, once there is one. Cancel-safe: a command is taken only in the poll that
+    /// returns it (and a wake-up that finds nothing waits again).
+    pub(crate) async fn next(&self) -> Command {
+        loop {
+            {
+                let mut queue = self.queue();
+                if let Some(command) = queue.pop_front() {
+                    if queue.is_empty() {
+                        queue.shrink_to_fit();
+                    }
+                    return command;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// Limits and names the hub enforces.
@@ -172,13 +224,9 @@ impl Hub {
                     None => self.store.desired_patch(&device_id, version).await.ok().flatten().map(Arc::new),
                 };
                 match patch {
-                    Some(patch) => {
-                        let _ = sender.try_send(Command::Desired(patch));
-                    }
+                    Some(patch) => sender.offer(Command::Desired(patch)),
                     // The patch is gone: make the device reconnect, which makes it GET the twin.
-                    None => {
-                        let _ = sender.try_send(Command::Close("desired patch no longer available"));
-                    }
+                    None => sender.offer(Command::Close("desired patch no longer available")),
                 }
             }
             Event::SessionOpened { device_id, session } => {
@@ -194,13 +242,13 @@ impl Hub {
 
     /// Asks every session on this node to close (at shutdown).
     pub fn close_all(&self, reason: &'static str) {
-        let sessions: Vec<mpsc::Sender<Command>> = self.sessions().values().map(|s| s.commands.clone()).collect();
+        let sessions: Vec<Arc<Inbox>> = self.sessions().values().map(|s| s.commands.clone()).collect();
         for commands in sessions {
-            let _ = commands.try_send(Command::Close(reason));
+            commands.offer(Command::Close(reason));
         }
     }
 
-    fn sender(&self, device_id: &str) -> Option<mpsc::Sender<Command>> {
+    fn sender(&self, device_id: &str) -> Option<Arc<Inbox>> {
         self.sessions().get(device_id).map(|s| s.commands.clone())
     }
 
@@ -215,16 +263,18 @@ impl Hub {
             sessions.get(device_id).map(|s| s.commands.clone())
         };
         if let Some(commands) = commands {
-            let _ = commands.try_send(Command::Close(reason));
+            commands.offer(Command::Close(reason));
         }
     }
 
     /// Makes `connection` the session of `device_id`, closing the one it replaces.
-    fn register(&self, device_id: &str, connection: u64, commands: mpsc::Sender<Command>) {
-        let previous = self.sessions().insert(device_id.to_owned(), Session { connection, commands });
+    fn register(&self, device_id: &str, connection: u64) -> Arc<Inbox> {
+        let commands = Inbox::new();
+        let previous = self.sessions().insert(device_id.to_owned(), Session { connection, commands: commands.clone() });
         if let Some(previous) = previous {
-            let _ = previous.commands.try_send(Command::Close("a new connection with the same device id replaced it"));
+            previous.commands.offer(Command::Close("a new connection with the same device id replaced it"));
         }
+        commands
     }
 
     /// Removes the session if it is still `connection`'s; returns whether it was.
