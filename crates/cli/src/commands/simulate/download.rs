@@ -182,7 +182,7 @@ impl Downloader {
         stop_at: Option<u64>,
     ) -> Result<(), DownloadError> {
         let size = fetch.expected.size;
-        let _connection = self.connections.acquire().await.map_err(|e| DownloadError::Network(e.to_string()))?;
+        let connection = self.connections.acquire().await.map_err(|e| DownloadError::Network(e.to_string()))?;
         let mut request = self.http.get(fetch.url);
         match stop_at {
             Some(end) => {
@@ -232,6 +232,8 @@ impl Downloader {
                 self.write(part_path, part, std::mem::take(&mut buffer), false).await?;
             }
         }
+        // The response is read: the connection is free for the next device while this one writes.
+        drop(connection);
         self.write(part_path, part, buffer, false).await?;
         if stop_at.is_none() && part.written != size {
             return Err(DownloadError::Network(format!("the body ended after {} of {size} bytes", part.written)));
