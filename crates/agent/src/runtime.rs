@@ -517,8 +517,8 @@ impl Agent {
     /// the deployment that started it, say) go as one: one twin update instead of several.
     async fn flush(&self, link: &mut HubLink, outbox: &mut Vec<Value>, path: &Path) -> Result<(), SessionError> {
         let mut combine = true;
-        while !outbox.is_empty() {
-            let (patch, count) = next_report(outbox, combine);
+        while let Some((first, rest)) = outbox.split_first() {
+            let (patch, count) = next_report(first, rest, combine);
             match link.report(&patch).await {
                 Ok(()) => {
                     if let Some(observer) = &self.observer {
@@ -559,10 +559,9 @@ impl Agent {
 /// Largest combined report (compact JSON): far below IoT Hub's message and section limits.
 const MAX_COMBINED_REPORT: usize = 8 * 1024;
 
-/// The next patch to send from a non-empty outbox and how many queued patches it carries: the
-/// first, combined with those after it while they combine and stay small.
-fn next_report(outbox: &[Value], combine: bool) -> (Value, usize) {
-    let Some((first, rest)) = outbox.split_first() else { return (Value::Null, 0) };
+/// The next patch to send from the outbox (`first`, then `rest`) and how many queued patches it
+/// carries: the first, combined with those after it while they combine and stay small.
+fn next_report(first: &Value, rest: &[Value], combine: bool) -> (Value, usize) {
     let mut patch = first.clone();
     let mut count = 1;
     for next in rest.iter().take_while(|_| combine) {
@@ -765,19 +764,19 @@ mod tests {
         let ack = json!({"deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": 7, "value": {}}}});
         let finished =
             json!({"deviceUpdate": {"__t": "c", "agent": {"state": 0, "workflow": {"action": 3, "id": "w"}}}});
-        let outbox = vec![in_progress.clone(), ack.clone(), finished.clone()];
-        let (first, count) = next_report(&outbox, true);
+        let outbox = [in_progress.clone(), ack.clone(), finished.clone()];
+        let (first, count) = next_report(&outbox[0], &outbox[1..], true);
         assert_eq!(count, 2, "the in-progress report and the acknowledgement go together");
         assert_eq!(
             first,
             json!({"deviceUpdate": {"__t": "c", "agent": {"state": 6, "workflow": {"action": 3, "id": "w"}},
                 "service": {"ac": 200, "av": 7, "value": {}}}})
         );
-        assert_eq!(next_report(&outbox[2..], true), (finished.clone(), 1));
-        assert_eq!(next_report(&outbox, false), (in_progress, 1), "without combining, one at a time");
+        assert_eq!(next_report(&finished, &[], true), (finished.clone(), 1));
+        assert_eq!(next_report(&outbox[0], &outbox[1..], false), (in_progress, 1), "without combining, one at a time");
         // Too large together: one at a time.
         let big = json!({"deviceUpdate": {"agent": {"lastInstallResult": {"resultDetails": "x".repeat(MAX_COMBINED_REPORT)}}}});
-        assert_eq!(next_report(&[ack.clone(), big], true), (ack, 1));
+        assert_eq!(next_report(&ack, &[big], true), (ack, 1));
     }
 
     #[test]

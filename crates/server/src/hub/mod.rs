@@ -9,7 +9,7 @@ mod connection;
 pub(crate) mod frame;
 mod lease;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,11 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::FutureExt as _;
-
 use serde_json::Value;
-use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
-
 use tokio::sync::Notify;
 
 use crate::store::{Event, Store};

@@ -443,13 +443,12 @@ async fn apply_batch(
 async fn load_twins(tx: &mut sqlx::AnyConnection, backend: Backend, ids: &[&str]) -> Result<Twins, StoreError> {
     let mut twins = Twins::default();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let placeholders = (0..chunk.len()).map(|i| placeholder(backend, i)).collect::<Vec<_>>().join(", ");
+        let ids = placeholders(backend, 0, chunk.len());
         let lock = match backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE",
         };
-        let sql =
-            format!("SELECT {TWIN_COLUMNS} FROM devices WHERE device_id IN ({placeholders}) ORDER BY device_id{lock}");
+        let sql = format!("SELECT {TWIN_COLUMNS} FROM devices WHERE device_id IN ({ids}) ORDER BY device_id{lock}");
         // Only placeholders are formatted into the text; the ids are bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
@@ -487,10 +486,7 @@ async fn store_twins(tx: &mut sqlx::AnyConnection, backend: Backend, twins: &Twi
         let width = columns.split(',').count();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
             let rows = (0..chunk.len())
-                .map(|row| {
-                    let values = (0..width).map(|i| placeholder(backend, row * width + i)).collect::<Vec<_>>();
-                    format!("({})", values.join(", "))
-                })
+                .map(|row| format!("({})", placeholders(backend, row * width, width)))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
@@ -521,16 +517,20 @@ async fn store_twins(tx: &mut sqlx::AnyConnection, backend: Backend, twins: &Twi
     Ok(())
 }
 
-/// The placeholder of the `index`th (from 0) value bound to a statement that binds each value
-/// once, in order: `$N` on PostgreSQL, an anonymous `?` on SQLite (sqlx asks SQLite for the name
-/// of every parameter it binds, and SQLite finds a named one by a walk over the statement's
-/// names: with the 512 of a multi-row statement, `sqlite3_bind_parameter_name` took a tenth of
-/// the writer thread's time in a 10,000-device rehearsal).
-pub(super) fn placeholder(backend: Backend, index: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_owned(),
-        Backend::Postgres => format!("${}", index + 1),
-    }
+/// `count` placeholders, comma-separated, for the values bound from the `first`th (from 0) on,
+/// in a statement that binds each value once, in order: `$N` on PostgreSQL, anonymous `?` on
+/// SQLite (sqlx asks SQLite for the name of every parameter it binds, and SQLite finds a named
+/// one by a walk over the statement's names: with the 512 of a multi-row statement,
+/// `sqlite3_bind_parameter_name` took a tenth of the writer thread's time in a 10,000-device
+/// rehearsal).
+fn placeholders(backend: Backend, first: usize, count: usize) -> String {
+    let each: Vec<String> = (first..first + count)
+        .map(|index| match backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${}", index + 1),
+        })
+        .collect();
+    each.join(", ")
 }
 
 fn json_text(section: &serde_json::Map<String, serde_json::Value>) -> Result<String, StoreError> {
